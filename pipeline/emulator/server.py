@@ -1,0 +1,178 @@
+"""The local Groq-compatible server: one :class:`Emulator` (all state) behind a Starlette app.
+
+Groq's paths are served under ``/openai/v1`` (plus ``/v1/fine_tunings``), OpenAI's under
+``/v1``: the same routes mounted twice, so the official ``groq`` SDK (base_url = host root)
+and ``openai`` SDK (base_url ending in ``/openai/v1``) both work unchanged.
+
+    app = create_app(EmulatorConfig(time_scale=3600))
+    httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://local")
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import admin, batches, chat, files, lora, models
+from .ratelimit import RateLimiter
+from .responder import Responder
+from .clock import VirtualClock
+from .config import ChatEndpoint, EmulatorConfig
+from .errors import INVALID_API_KEY, APIProblem
+from .faults import FaultInjector
+from .http import ConnectionDropped, DroppedResponse, JSONResponse, problem_response
+
+log = logging.getLogger("groqbatch.emulator")
+
+API_PREFIXES = ("/openai/v1", "/v1")
+
+
+class Emulator:
+    """Everything the server knows: files, batches, models, adapters, limits, faults, clock."""
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.clock = VirtualClock(self.config.time_scale)
+        self.faults = FaultInjector(self.config.scenario, started_at=self.clock.now())
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        if self.config.data_dir is None:
+            self._tempdir = tempfile.TemporaryDirectory(prefix="groqbatch-emulator-")
+            root = Path(self._tempdir.name)
+        else:
+            root = self.config.data_dir
+        self.files = files.FileStore(root / "files")
+        self.scratch_dir = root / "scratch"
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        self.models = models.ModelRegistry()
+        self.rate_limiter = RateLimiter(self.config.rate_limits, self.clock)
+        self.responder = Responder(self.models)
+        self.batches = batches.BatchStore(self)
+        self.fine_tunings = lora.FineTuningStore(self)
+
+    def close(self) -> None:
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+            self._tempdir = None
+
+
+def _endpoint_of(path: str) -> ChatEndpoint | None:
+    for prefix in API_PREFIXES:
+        if path.startswith(prefix + "/"):
+            rest = path[len(prefix) + 1 :]
+            break
+    else:
+        return None
+    head = rest.split("/", 1)[0]
+    if head == "files" and rest.endswith("/content"):
+        return "content"
+    if head == "chat":
+        return "chat"
+    if head in ("files", "batches", "models", "fine_tunings"):
+        return head  # type: ignore[return-value]
+    return None
+
+
+class GatewayMiddleware:
+    """Auth and per-endpoint faults, before any route runs (pure ASGI, so streaming is kept)."""
+
+    def __init__(self, app: ASGIApp, emulator: Emulator) -> None:
+        self.app = app
+        self.emulator = emulator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith(API_PREFIXES) or path.startswith("/_emulator"):
+            response = self._gate(Request(scope), path)
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _gate(self, request: Request, path: str) -> Response | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        expected = self.emulator.config.api_key
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            return problem_response(INVALID_API_KEY)
+        endpoint = _endpoint_of(path)
+        if endpoint is None:
+            return None
+        faults = self.emulator.faults
+        if faults.drop_connection(endpoint):
+            return DroppedResponse()
+        if faults.server_error(endpoint):
+            return problem_response(
+                APIProblem(500, "Internal Server Error", type="internal_server_error",
+                           code="internal_server_error")
+            )
+        return None
+
+
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIProblem)
+    return problem_response(exc)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Unknown request URL: {request.method} {request.url.path}. Please check the URL for typos."
+        problem = APIProblem(404, message, code="unknown_url")
+    elif exc.status_code == 405:
+        problem = APIProblem(405, f"Method {request.method} is not allowed on {request.url.path}.",
+                             code="method_not_allowed")
+    else:
+        problem = APIProblem(exc.status_code, str(exc.detail))
+    return problem_response(problem)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, ConnectionDropped):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return problem_response(
+        APIProblem(500, "Internal Server Error", type="internal_server_error", code="internal_server_error")
+    )
+
+
+async def _health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(config: EmulatorConfig | None = None, *, emulator: Emulator | None = None) -> Starlette:
+    """The ASGI app. Pass ``emulator`` to share state with the caller (tests, in-process jobs)."""
+    emulator = emulator or Emulator(config)
+    api = [*files.routes, *batches.routes, *chat.routes, *models.routes, *lora.routes]
+    app = Starlette(
+        routes=[
+            Route("/healthz", _health, methods=["GET"]),
+            *(Mount(prefix, routes=api) for prefix in API_PREFIXES),
+            Mount("/_emulator", routes=admin.routes),
+        ],
+        middleware=[Middleware(GatewayMiddleware, emulator=emulator)],
+        exception_handlers={
+            APIProblem: _on_problem,
+            HTTPException: _on_http_exception,
+            Exception: _on_unexpected,
+        },
+    )
+    app.state.emulator = emulator
+    return app
+
+
+def emulator_of(app: Any) -> Emulator:
+    emulator: Emulator = app.state.emulator
+    return emulator

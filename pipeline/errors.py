@@ -1,0 +1,172 @@
+"""The one exception tree of groqbatch, split by what the caller does next.
+
+    GroqBatchError
+    ├── ConfigError              fix the job config or its input, then run again   (exit 2)
+    │   └── InputError           a row or file of the input dataset is unusable
+    ├── LedgerError              the ledger cannot be used as it is                (exit 3)
+    │   └── SchemaVersionError   written by another groqbatch version; not misread
+    ├── APIError                 the Groq API (or the local server) said no
+    │   ├── RetryableAPIError    try the same call again later: 408, 409, 429, 498, 5xx, transport
+    │   │   ├── RateLimitedError       429, carries ``retry_after_s``
+    │   │   ├── CapacityExceededError  498, flex tier at capacity
+    │   │   └── TransportError         connect/read failure, timeout, dropped connection
+    │   └── PermanentAPIError    the same call will fail again: other 4xx
+    │       └── AuthenticationError    401/403
+    └── BudgetExhaustedError     the job's request/token/dollar budget is spent     (exit 4)
+
+Every error carries the ids it is about (``path``, ``line``, ``field``, ``custom_id``,
+``batch_id``) as attributes, and its message names them, so a person can find the place.
+Messages never contain API keys: :func:`redact` is applied to anything that echoes a request.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BudgetExhaustedError",
+    "CapacityExceededError",
+    "ConfigError",
+    "GroqBatchError",
+    "InputError",
+    "LedgerError",
+    "PermanentAPIError",
+    "RateLimitedError",
+    "RetryableAPIError",
+    "SchemaVersionError",
+    "TransportError",
+    "exit_code_for",
+    "redact",
+]
+
+_SECRET = re.compile(r"(gsk_|sk-)[A-Za-z0-9_\-]{4,}|(?i:bearer\s+)[^\s\"',]+")
+
+
+def redact(text: str) -> str:
+    """Mask anything that looks like an API key or a bearer token."""
+    return _SECRET.sub("***", text)
+
+
+class GroqBatchError(Exception):
+    """Base of every error groqbatch raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
+        self.message = redact(message)
+
+
+class ConfigError(GroqBatchError):
+    """A job config (or something it points at) is wrong. Names the file, line and field."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.path = str(path) if path is not None else None
+        self.line = line
+        self.field = field
+        self.hint = hint
+        where = ""
+        if self.path is not None:
+            where = self.path + (f":{line}" if line is not None else "")
+        if field:
+            where = f"{where}: {field}" if where else field
+        text = f"{where}: {message}" if where else message
+        if hint:
+            text = f"{text} ({hint})"
+        super().__init__(text)
+
+
+class InputError(ConfigError):
+    """An input dataset file cannot be read (bad encoding, broken JSONL line, missing column)."""
+
+
+class LedgerError(GroqBatchError):
+    """The ledger database cannot be opened or used."""
+
+    exit_code = 3
+
+
+class SchemaVersionError(LedgerError):
+    """The ledger was written by a different schema version and cannot be migrated."""
+
+
+class APIError(GroqBatchError):
+    """The API answered with an error status, or could not be reached."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: Any = None,
+        code: str | None = None,
+        custom_id: str | None = None,
+        batch_id: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.code = code
+        self.custom_id = custom_id
+        self.batch_id = batch_id
+        prefix = f"HTTP {status_code}: " if status_code is not None else ""
+        about = "".join(
+            f" [{name}={value}]"
+            for name, value in (("custom_id", custom_id), ("batch_id", batch_id))
+            if value
+        )
+        super().__init__(f"{prefix}{message}{about}")
+
+
+class RetryableAPIError(APIError):
+    """Worth trying again later (408, 409, 429, 498, 5xx, transport failures)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kw: Any) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message, **kw)
+
+
+class RateLimitedError(RetryableAPIError):
+    """429: a rate limit was hit; ``retry_after_s`` says when to come back, if the server said."""
+
+
+class CapacityExceededError(RetryableAPIError):
+    """498: the flex tier is at capacity. Neither official SDK retries this; we do."""
+
+
+class TransportError(RetryableAPIError):
+    """The request did not get an HTTP answer: connect error, timeout, dropped connection."""
+
+
+class PermanentAPIError(APIError):
+    """A 4xx other than 408/409/429/498: the same request will fail the same way."""
+
+
+class AuthenticationError(PermanentAPIError):
+    """401/403: the API key is missing, wrong, or not allowed to do this."""
+
+
+class BudgetExhaustedError(GroqBatchError):
+    """The job's budget (requests, tokens or dollars) is spent; the rest stays retryable."""
+
+    exit_code = 4
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The process exit code for an error: one mapping, used by the CLI."""
+    if isinstance(exc, GroqBatchError):
+        return exc.exit_code
+    return 1

@@ -1,0 +1,63 @@
+"""Shared fixtures: the local server in-process (ASGI) and on a loopback port (uvicorn)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from pipeline.emulator import Emulator, EmulatorConfig, create_app
+from pipeline.emulator.config import DEFAULT_API_KEY
+from pipeline.emulator.serve import ThreadedServer
+
+API_KEY = DEFAULT_API_KEY
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never pick up a developer's real key or base URL."""
+    for name in ("GROQ_API_KEY", "GROQ_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def emulator_config() -> EmulatorConfig:
+    """Fast by default: an hour of emulated time per real second, quick validation."""
+    return EmulatorConfig(time_scale=3600, throughput_lines_per_s=50, validation_s=1, finalizing_s=1)
+
+
+@pytest.fixture
+def emulator(emulator_config: EmulatorConfig) -> Iterator[Emulator]:
+    emu = Emulator(emulator_config)
+    yield emu
+    emu.close()
+
+
+@pytest.fixture
+async def client(emulator: Emulator) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to the server in-process (no port)."""
+    transport = httpx.ASGITransport(app=create_app(emulator=emulator))
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://emulator.local",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as http:
+        yield http
+
+
+@pytest.fixture
+def server(emulator: Emulator) -> Iterator[ThreadedServer]:
+    """The server on a loopback port (uvicorn on a thread), sharing ``emulator``'s state."""
+    with ThreadedServer(emulator=emulator) as running:
+        yield running
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("NO_COLOR", "1")
