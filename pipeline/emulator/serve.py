@@ -52,8 +52,6 @@ class ThreadedServer:
             probe.bind((host, 0))
             self.port = probe.getsockname()[1]
         self._server = uvicorn.Server(_uvicorn_config(self.emulator, host, self.port, log_level))
-        # uvicorn installs signal handlers only on the main thread; ours must not.
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._server.run, name="groqbatch-emulator", daemon=True)
 
     @property

@@ -1,0 +1,127 @@
+"""The ``groqbatch`` command line. Each command parses, calls one library function, prints.
+
+Errors of the groqbatch tree are mapped to exit codes in one place (:class:`_Group`):
+2 config/input, 3 ledger, 4 budget, 1 anything else of ours.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from . import __version__
+from .errors import GroqBatchError, exit_code_for, redact
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Group(click.Group):
+    """Turns our errors into one clean line on stderr and the tree's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GroqBatchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exit_code_for(exc))
+
+
+def json_option(func: F) -> F:
+    """``--json``: print one JSON object instead of a table."""
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(func)
+
+
+def echo_json(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="groqbatch")
+def main() -> None:
+    """Run LLM work in bulk through the Groq Batch API."""
+
+
+def _parse_rate_limit(text: str) -> tuple[str, dict[str, int]]:
+    """``MODEL[@TIER]=rpm:30,tpm:6000,rpd:1000`` → key and RateLimit fields."""
+    key, sep, spec = text.partition("=")
+    names = {"rpm": "requests_per_minute", "rpd": "requests_per_day", "tpm": "tokens_per_minute"}
+    fields: dict[str, int] = {}
+    for part in spec.split(","):
+        name, _, value = part.partition(":")
+        if not sep or name.strip() not in names or not value.strip().isdigit():
+            raise click.BadParameter(
+                f"{text!r}: expected MODEL[@TIER]=rpm:N,tpm:N,rpd:N", param_hint="--rate-limit"
+            )
+        fields[names[name.strip()]] = int(value)
+    return key.strip(), fields
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--api-key", envvar="GROQ_API_KEY", default=None,
+              help="Bearer key clients must send [env GROQ_API_KEY; default: the local key].")
+@click.option("--time-scale", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Emulated seconds per real second (86400: a 24h window passes in 1 s).")
+@click.option("--throughput", "throughput_lines_per_s", default=100.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help="Batch lines per emulated second.")
+@click.option("--scenario", "scenario_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Fault scenario file (TOML, YAML or JSON).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where file contents are kept (default: a temporary directory).")
+@click.option("--max-file-lines", default=50_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-file-bytes", default=100 * 1024 * 1024, show_default=True, type=click.IntRange(min=1))
+@click.option("--rate-limit", "rate_limits", multiple=True, metavar="MODEL[@TIER]=rpm:N,tpm:N,rpd:N",
+              help="Limit a model (on one tier); repeatable.")
+@click.option("--chat-latency", "chat_latency_s", default=0.0, show_default=True,
+              type=click.FloatRange(min=0), help="Real seconds each chat completion takes.")
+@click.option("--selftest", is_flag=True,
+              help="Start in-process, drive one batch and one chat call over real HTTP, report, exit.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(host: str, port: int, api_key: str | None, time_scale: float, throughput_lines_per_s: float,
+          scenario_path: Path | None, data_dir: Path | None, max_file_lines: int, max_file_bytes: int,
+          rate_limits: tuple[str, ...], chat_latency_s: float, selftest: bool, log_level: str) -> None:
+    """Run the local Groq-compatible server (files, batches, chat, models, LoRA)."""
+    from .emulator import EmulatorConfig, RateLimit, load_scenario
+    from .emulator.config import DEFAULT_API_KEY
+
+    settings: dict[str, Any] = {
+        "api_key": api_key or DEFAULT_API_KEY,
+        "time_scale": time_scale,
+        "throughput_lines_per_s": throughput_lines_per_s,
+        "max_file_lines": max_file_lines,
+        "max_file_bytes": max_file_bytes,
+        "chat_latency_s": chat_latency_s,
+        "rate_limits": {
+            key: RateLimit(**fields) for key, fields in map(_parse_rate_limit, rate_limits)
+        },
+        "data_dir": data_dir,
+    }
+    if scenario_path is not None:
+        try:
+            settings["scenario"] = load_scenario(scenario_path)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--scenario") from None
+    if selftest:
+        from .emulator.selftest import run_selftest
+
+        # A 24h window on a clock 3600x fast: the selftest batch still settles in about a second.
+        settings["time_scale"] = max(time_scale, 3600.0)
+        report = run_selftest(EmulatorConfig(**settings), say=click.echo)
+        sys.exit(0 if report.ok else 1)
+    from .emulator.serve import serve_forever
+
+    key_note = "the default local key" if api_key is None else "the key from --api-key/GROQ_API_KEY"
+    click.echo(
+        f"groqbatch local server on http://{host}:{port} "
+        f"(groq SDK base_url; openai SDK: http://{host}:{port}/openai/v1), clients send {key_note}",
+        err=True,
+    )
+    serve_forever(EmulatorConfig(**settings), host=host, port=port, log_level=log_level)
+

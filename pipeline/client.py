@@ -1,0 +1,391 @@
+"""The one I/O seam to the Groq API (and the local server, which speaks the same protocol).
+
+Stages never touch httpx: they call :class:`GroqClient`. Foreign errors are translated here,
+once — an HTTP status or an httpx exception becomes a class of :mod:`pipeline.errors` — and
+retries are configured here, once, as a :class:`~pipeline.retry.RetryPolicy` value.
+
+    async with GroqClient.from_env() as client:
+        batch = await client.get_batch("batch_01…")
+
+The API key is held by the client and sent as a header; it never appears in a message,
+a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from .errors import (
+    APIError,
+    AuthenticationError,
+    CapacityExceededError,
+    ConfigError,
+    PermanentAPIError,
+    RateLimitedError,
+    RetryableAPIError,
+    TransportError,
+)
+from .retry import RetryPolicy
+
+GROQ_BASE_URL = "https://api.groq.com"
+OPENAI_PREFIX = "/openai/v1"
+SETTLED_STATUSES = frozenset({"completed", "expired", "failed", "cancelled"})
+MAX_IDS_PER_LIST = 200
+"""Groq's limit on the repeated ``id`` filter of ``GET /batches``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    id: str
+    filename: str
+    bytes: int
+    purpose: str
+    created_at: int
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> RemoteFile:
+        return cls(data["id"], data.get("filename", ""), int(data.get("bytes") or 0),
+                   data.get("purpose", ""), int(data.get("created_at") or 0))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCounts:
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteBatch:
+    """A batch as the API reports it, with Groq's quirks normalised (``error_file_id: {}`` → None,
+    ``errors`` as a bare list or ``{"data": [...]}`` → a list)."""
+
+    id: str
+    status: str
+    input_file_id: str
+    output_file_id: str | None
+    error_file_id: str | None
+    request_counts: RequestCounts
+    metadata: Mapping[str, str]
+    errors: tuple[Mapping[str, Any], ...]
+    created_at: int
+    expires_at: int | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def settled(self) -> bool:
+        return self.status in SETTLED_STATUSES
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> RemoteBatch:
+        errors = data.get("errors") or ()
+        if isinstance(errors, Mapping):
+            errors = errors.get("data") or ()
+        counts = data.get("request_counts") or {}
+        return cls(
+            id=data["id"],
+            status=data["status"],
+            input_file_id=data.get("input_file_id", ""),
+            output_file_id=data.get("output_file_id") or None,
+            error_file_id=data.get("error_file_id") or None,
+            request_counts=RequestCounts(
+                int(counts.get("total", 0)), int(counts.get("completed", 0)), int(counts.get("failed", 0))
+            ),
+            metadata=dict(data.get("metadata") or {}),
+            errors=tuple(errors),
+            created_at=int(data.get("created_at") or 0),
+            expires_at=data.get("expires_at"),
+            raw=data,
+        )
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_go_duration(text: str) -> float | None:
+    """Groq's reset headers: ``2m59.56s`` → 179.56, ``172.799999ms`` → 0.1728; None if unreadable."""
+    text = text.strip()
+    parts = _GO_DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitState:
+    """What the ``x-ratelimit-*`` headers of one answer said (None where absent)."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateLimitState:
+        def number(name: str) -> int | None:
+            value = headers.get(f"x-ratelimit-{name}")
+            try:
+                return int(float(value)) if value is not None else None
+            except ValueError:
+                return None
+
+        def duration(name: str) -> float | None:
+            value = headers.get(f"x-ratelimit-{name}")
+            return parse_go_duration(value) if value is not None else None
+
+        return cls(number("limit-requests"), number("remaining-requests"), duration("reset-requests"),
+                   number("limit-tokens"), number("remaining-tokens"), duration("reset-tokens"))
+
+
+@dataclass(frozen=True, slots=True)
+class ChatReply:
+    body: Mapping[str, Any]
+    rate_limits: RateLimitState
+    request_id: str | None
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """``retry-after-ms`` wins; else ``retry-after`` as seconds or as an HTTP date."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(float(ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(parsed.timestamp() - time.time(), 0.0) if parsed is not None else None
+
+
+def error_for_response(response: httpx.Response, *, what: str) -> APIError:
+    """The error class a caller acts on, for an error answer. The body is kept whole."""
+    status = response.status_code
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text[:2000]
+    error = body.get("error") if isinstance(body, dict) else None
+    message = (error or {}).get("message") if isinstance(error, dict) else None
+    code = (error or {}).get("code") if isinstance(error, dict) else None
+    text = f"{what}: {message or response.reason_phrase or 'error'}"
+    kw: dict[str, Any] = {"status_code": status, "body": body, "code": code}
+    if status == 429:
+        return RateLimitedError(text, retry_after_s=parse_retry_after(response.headers), **kw)
+    if status == 498:
+        return CapacityExceededError(text, **kw)
+    if status in (408, 409) or status >= 500:
+        return RetryableAPIError(text, retry_after_s=parse_retry_after(response.headers), **kw)
+    if status in (401, 403):
+        return AuthenticationError(text, **kw)
+    return PermanentAPIError(text, **kw)
+
+
+class GroqClient:
+    """Async client for Groq's Files, Batches, Chat, Models and fine-tuning endpoints."""
+
+    def __init__(self, base_url: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
+                 timeout_s: float = 60.0, retry: RetryPolicy | None = None,
+                 max_connections: int = 32) -> None:
+        root = base_url.rstrip("/")
+        if root.endswith(OPENAI_PREFIX):  # an openai-SDK style base URL: keep the host root
+            root = root[: -len(OPENAI_PREFIX)]
+        self.base_url = root
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.AsyncClient(
+            base_url=root,
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": "groqbatch"},
+            timeout=httpx.Timeout(timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+        )
+
+    @classmethod
+    def from_env(cls, base_url: str | None = None, **kw: Any) -> GroqClient:
+        """Key from ``GROQ_API_KEY``; base URL from the argument, ``GROQ_BASE_URL`` or Groq's."""
+        api_key = os.environ.get("GROQ_API_KEY")
+        if not api_key:
+            raise ConfigError("GROQ_API_KEY is not set: export your Groq API key to run on backend 'groq'")
+        return cls(base_url or os.environ.get("GROQ_BASE_URL") or GROQ_BASE_URL, api_key, **kw)
+
+    def __repr__(self) -> str:
+        return f"GroqClient(base_url={self.base_url!r})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> GroqClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- one attempt, errors translated ---------------------------------------------------------
+
+    async def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        what = f"{method} {path}"
+        try:
+            response = await self._http.request(method, path, **kw)
+        except httpx.TimeoutException as exc:
+            raise TransportError(f"{what}: timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise TransportError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            raise error_for_response(response, what=what)
+        return response
+
+    async def _json(self, method: str, path: str, *, retry: RetryPolicy | None = None, **kw: Any) -> Any:
+        async for attempt in (retry or self.retry).retrying():
+            with attempt:
+                response = await self._send(method, path, **kw)
+                return orjson.loads(response.content)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    # -- files ------------------------------------------------------------------------------------
+
+    async def upload_file(self, path: Path, *, filename: str, purpose: str = "batch") -> RemoteFile:
+        """Upload a file from disk (multipart). ``filename`` is what the remote listing shows."""
+        async for attempt in self.retry.retrying():
+            with attempt, path.open("rb") as handle:
+                response = await self._send(
+                    "POST", f"{OPENAI_PREFIX}/files",
+                    files={"file": (filename, handle, "application/octet-stream")},
+                    data={"purpose": purpose},
+                )
+                return RemoteFile.from_api(orjson.loads(response.content))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def list_files(self) -> list[RemoteFile]:
+        data = await self._json("GET", f"{OPENAI_PREFIX}/files")
+        return [RemoteFile.from_api(item) for item in data.get("data", [])]
+
+    async def delete_file(self, file_id: str) -> None:
+        await self._json("DELETE", f"{OPENAI_PREFIX}/files/{file_id}")
+
+    async def download_file(self, file_id: str, dest: Path, *, expected_bytes: int | None = None) -> int:
+        """Stream a file's content to ``dest`` (via a temp file, renamed when whole).
+
+        A download cut short — fewer bytes than ``content-length`` or than the file's known
+        size — is a :class:`TransportError`, retried like any other.
+        """
+        part = dest.with_name(dest.name + ".part")
+        path = f"{OPENAI_PREFIX}/files/{file_id}/content"
+        async for attempt in self.retry.retrying():
+            with attempt:
+                written = await self._download_once(path, part, expected_bytes)
+                part.replace(dest)
+                return written
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _download_once(self, path: str, part: Path, expected_bytes: int | None) -> int:
+        written = 0
+        try:
+            async with self._http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise error_for_response(response, what=f"GET {path}")
+                # content-length counts encoded bytes; compare it only when nothing is encoded.
+                encoded = response.headers.get("content-encoding", "identity") != "identity"
+                declared = None if encoded else response.headers.get("content-length")
+                with part.open("wb") as out:
+                    async for chunk in response.aiter_bytes(1 << 20):
+                        out.write(chunk)
+                        written += len(chunk)
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise TransportError(f"GET {path}: download broke off after {written} bytes: {exc}") from exc
+        for expected in (int(declared) if declared else None, expected_bytes):
+            if expected is not None and written != expected:
+                raise TransportError(f"GET {path}: download truncated: {written} of {expected} bytes")
+        return written
+
+    # -- batches ----------------------------------------------------------------------------------
+
+    async def create_batch(self, input_file_id: str, *, completion_window: str,
+                           metadata: Mapping[str, str] | None = None,
+                           endpoint: str = "/v1/chat/completions") -> RemoteBatch:
+        body = {"input_file_id": input_file_id, "endpoint": endpoint,
+                "completion_window": completion_window, "metadata": dict(metadata or {})}
+        return RemoteBatch.from_api(await self._json("POST", f"{OPENAI_PREFIX}/batches", json=body))
+
+    async def get_batch(self, batch_id: str) -> RemoteBatch:
+        return RemoteBatch.from_api(await self._json("GET", f"{OPENAI_PREFIX}/batches/{batch_id}"))
+
+    async def get_batches(self, batch_ids: Sequence[str]) -> list[RemoteBatch]:
+        """Many batches in as few calls as the API allows (repeated ``id``, 200 per call)."""
+        found: list[RemoteBatch] = []
+        for start in range(0, len(batch_ids), MAX_IDS_PER_LIST):
+            chunk = batch_ids[start : start + MAX_IDS_PER_LIST]
+            params = httpx.QueryParams([("id", batch_id) for batch_id in chunk])
+            data = await self._json("GET", f"{OPENAI_PREFIX}/batches", params=params)
+            found.extend(RemoteBatch.from_api(item) for item in data.get("data", []))
+        return found
+
+    async def iter_batches(self) -> AsyncIterator[RemoteBatch]:
+        """Every batch of the organisation, following Groq's ``paging.next_cursor``."""
+        cursor: str | None = None
+        while True:
+            params = {"cursor": cursor} if cursor else {}
+            data = await self._json("GET", f"{OPENAI_PREFIX}/batches", params=params)
+            for item in data.get("data", []):
+                yield RemoteBatch.from_api(item)
+            cursor = (data.get("paging") or {}).get("next_cursor")
+            if not cursor:
+                return
+
+    async def cancel_batch(self, batch_id: str) -> RemoteBatch:
+        return RemoteBatch.from_api(await self._json("POST", f"{OPENAI_PREFIX}/batches/{batch_id}/cancel"))
+
+    # -- chat, models, fine tunings ---------------------------------------------------------------
+
+    async def chat(self, body: Mapping[str, Any], *, service_tier: str | None = None,
+                   retry: RetryPolicy | None = None) -> ChatReply:
+        """One chat completion. ``retry`` overrides the client's policy (the flex stage passes
+        its own, since it paces and counts attempts itself)."""
+        payload = dict(body)
+        if service_tier is not None:
+            payload["service_tier"] = service_tier
+        async for attempt in (retry or self.retry).retrying():
+            with attempt:
+                response = await self._send("POST", f"{OPENAI_PREFIX}/chat/completions",
+                                            content=orjson.dumps(payload),
+                                            headers={"Content-Type": "application/json"})
+                return ChatReply(orjson.loads(response.content), RateLimitState.from_headers(response.headers),
+                                 response.headers.get("x-request-id"))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def list_models(self) -> list[Mapping[str, Any]]:
+        data = await self._json("GET", f"{OPENAI_PREFIX}/models")
+        return list(data.get("data", []))
+
+    async def create_fine_tuning(self, *, input_file_id: str, name: str, base_model: str,
+                                 type: str = "lora") -> Mapping[str, Any]:
+        body = {"input_file_id": input_file_id, "name": name, "type": type, "base_model": base_model}
+        result: Mapping[str, Any] = await self._json("POST", "/v1/fine_tunings", json=body)
+        return result
+
+    async def list_fine_tunings(self) -> list[Mapping[str, Any]]:
+        data = await self._json("GET", "/v1/fine_tunings")
+        return list(data.get("data", []))
+
+    async def get_fine_tuning(self, fine_tuning_id: str) -> Mapping[str, Any]:
+        result: Mapping[str, Any] = await self._json("GET", f"/v1/fine_tunings/{fine_tuning_id}")
+        return result
+
+    async def delete_fine_tuning(self, fine_tuning_id: str) -> None:
+        await self._json("DELETE", f"/v1/fine_tunings/{fine_tuning_id}")

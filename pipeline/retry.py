@@ -1,0 +1,54 @@
+"""Retry policy as a value (tenacity under the hood), configured once for the client.
+
+Only :class:`~pipeline.errors.RetryableAPIError` is retried: 408, 409, 429, 498, 5xx and
+transport failures. A server-given delay (``retry-after-ms`` / ``retry-after``) wins over the
+backoff when it is within ``max_retry_after_s``; past that we back off on our own clock,
+as the groq SDK does (wire-notes §1), rather than sleeping for minutes inside one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from .errors import RetryableAPIError
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How one API call is retried.
+
+    >>> RetryPolicy(max_attempts=1).retrying()  # a single try   # doctest: +ELLIPSIS
+    <AsyncRetrying ...>
+    """
+
+    max_attempts: int = 5
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    max_retry_after_s: float = 60.0
+
+    def wait_s(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, RetryableAPIError) and exc.retry_after_s is not None:
+            if 0 <= exc.retry_after_s <= self.max_retry_after_s:
+                return exc.retry_after_s
+        backoff = wait_random_exponential(multiplier=self.initial_backoff_s, max=self.max_backoff_s)
+        return float(backoff(state))
+
+    def retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self.wait_s,
+            retry=retry_if_exception_type(RetryableAPIError),
+            reraise=True,
+        )
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
