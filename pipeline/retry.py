@@ -36,9 +36,12 @@ class RetryPolicy:
 
     def wait_s(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, RetryableAPIError) and exc.retry_after_s is not None:
-            if 0 <= exc.retry_after_s <= self.max_retry_after_s:
-                return exc.retry_after_s
+        if (
+            isinstance(exc, RetryableAPIError)
+            and exc.retry_after_s is not None
+            and 0 <= exc.retry_after_s <= self.max_retry_after_s
+        ):
+            return exc.retry_after_s
         backoff = wait_random_exponential(multiplier=self.initial_backoff_s, max=self.max_backoff_s)
         return float(backoff(state))
 

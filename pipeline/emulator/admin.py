@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import anyio
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.routing import Route
@@ -29,7 +30,9 @@ def _emulator(request: Request) -> Emulator:
 
 async def state(request: Request) -> JSONResponse:
     emulator = _emulator(request)
-    statuses = Counter(batch.status for batch in emulator.batches.all())
+    # Reading batches may settle them (file work): keep it off the event loop.
+    batches = await anyio.to_thread.run_sync(emulator.batches.all)
+    statuses = Counter(batch.status for batch in batches)
     return JSONResponse(
         {
             "now": emulator.clock.now(),

@@ -44,7 +44,9 @@ class Storm(_Frozen):
     rate: float = Field(1.0, ge=0.0, le=1.0)
     tier: Literal["flex", "on_demand", "auto", "performance", "any"] = "any"
     retry_after_s: float | None = None
-    """For 429: the ``retry-after`` header sent back (seconds)."""
+    """For 429: the ``retry-after`` header sent back (whole seconds, at least 1; 1 when None)."""
+    should_retry: bool | None = None
+    """Send ``x-should-retry: true|false`` (overrides the SDKs' retry rules); None sends none."""
 
 
 class BatchFaults(_Frozen):

@@ -64,7 +64,7 @@ def query_int(params: Mapping[str, str], name: str, default: int, *, low: int, h
     return value
 
 
-class ConnectionDropped(Exception):  # noqa: N818 - it is an event, not a mistake of the caller
+class ConnectionDropped(Exception):
     """Raised inside the app to make the server close the connection mid-answer."""
 
 

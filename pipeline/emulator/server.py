@@ -25,13 +25,13 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import admin, batches, chat, files, lora, models
-from .ratelimit import RateLimiter
-from .responder import Responder
 from .clock import VirtualClock
 from .config import ChatEndpoint, EmulatorConfig
 from .errors import INVALID_API_KEY, APIProblem
 from .faults import FaultInjector
 from .http import ConnectionDropped, DroppedResponse, JSONResponse, problem_response
+from .ratelimit import RateLimiter
+from .responder import Responder
 
 log = logging.getLogger("groqbatch.emulator")
 
@@ -55,8 +55,10 @@ class Emulator:
         self.scratch_dir = root / "scratch"
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         self.models = models.ModelRegistry()
-        self.rate_limiter = RateLimiter(self.config.rate_limits, self.clock)
-        self.responder = Responder(self.models)
+        self.rate_limiter = RateLimiter(self.config.rate_limits, self.clock,
+                                        organization=self.config.organization)
+        self.flex_gate = chat.FlexGate()
+        self.responder = Responder(self.models, clock=self.clock.now)
         self.batches = batches.BatchStore(self)
         self.fine_tunings = lora.FineTuningStore(self)
 

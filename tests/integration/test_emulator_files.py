@@ -30,7 +30,8 @@ async def test_upload_accepts_any_part_type_and_matches_the_spec(
     body = response.json()
     assert body["bytes"] == len(LINES)
     assert body["filename"] == "in.jsonl"
-    assert body["id"].startswith("file_") and len(body["id"]) == len("file_") + 26
+    assert body["id"].startswith("file_")
+    assert len(body["id"]) == len("file_") + 26
 
 
 async def test_content_is_streamed_back_byte_for_byte(client: httpx.AsyncClient) -> None:
@@ -105,7 +106,8 @@ async def test_malformed_uploads(client: httpx.AsyncClient, kwargs: dict[str, ob
     response = await client.post("/openai/v1/files", **kwargs)  # type: ignore[arg-type]
     assert response.status_code == status
     error = response.json()["error"]
-    assert error["type"] == "invalid_request_error" and error["message"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"]
     assert error.get("param") == param
 
 

@@ -8,7 +8,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.client import GroqClient, RateLimitState, RemoteBatch, parse_go_duration, parse_retry_after
+from pipeline.client import (
+    GroqClient,
+    RateLimitState,
+    RemoteBatch,
+    parse_go_duration,
+    parse_retry_after,
+)
 from pipeline.errors import (
     AuthenticationError,
     CapacityExceededError,
