@@ -15,7 +15,7 @@ import click
 import orjson
 
 from . import __version__
-from .errors import GroqBatchError, exit_code_for, redact
+from .errors import GroqBatchError, exit_code_for
 
 F = TypeVar("F", bound=Callable[..., Any])
 
