@@ -1,0 +1,210 @@
+"""The ledger's database: engine, SQLite settings, transactions, dialect-specific upserts.
+
+This module and :mod:`state.ledger` are the only code in groqbatch that touches SQL.
+
+SQLite is opened in WAL mode with ``synchronous=NORMAL`` (a commit survives a process crash;
+only a power cut can lose the last commits, and never corrupts), foreign keys on, and a
+busy timeout. We take over ``BEGIN`` from the ``sqlite3`` module (whose legacy mode neither
+begins before DDL nor before ``SELECT``) so that every transaction is a real one, and writers
+``BEGIN IMMEDIATE``: a writer takes the write lock up front and waits its turn (busy timeout)
+instead of failing with ``SQLITE_BUSY`` when it upgrades a read lock another writer raced.
+Readers ``BEGIN`` deferred, so a reader never blocks a writer (WAL).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import URL, Connection, Engine, Insert, Table, create_engine, event, make_url
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from pipeline.errors import LedgerError
+
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "CHUNK_SIZE",
+    "PAGE_SIZE",
+    "Database",
+    "chunked",
+    "compress",
+    "decompress",
+    "display_url",
+]
+
+#: Rows per executemany / ids per IN list. Well under SQLite's 32,766 bound variables.
+CHUNK_SIZE = 5_000
+#: Rows per page of a streamed read: each page is its own short read transaction.
+PAGE_SIZE = 2_000
+#: How long a writer waits for another process's write transaction before giving up.
+BUSY_TIMEOUT_MS = 30_000
+CACHE_KIB = 64 * 1024
+"""SQLite page cache per connection, in KiB (see the PRAGMA below)."""
+
+_WRITE_OPTION = "groqbatch_write"
+
+T = TypeVar("T")
+
+
+class Database:
+    """An engine, its write-mode twin, a printable name, and the dialect-specific bits.
+
+    Every transaction goes through :meth:`transaction`, which translates database errors
+    into :class:`LedgerError` once, here.
+    """
+
+    def __init__(self, target: str | os.PathLike[str]) -> None:
+        self.engine, self.url = _open_engine(target)
+        self.dialect: str = self.engine.dialect.name
+        self._writer = self.engine.execution_options(**{_WRITE_OPTION: True})
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self, operation: str, *, write: bool = True) -> Iterator[Connection]:
+        """One transaction; database errors become :class:`LedgerError` naming the operation.
+
+        ``write=True`` takes SQLite's write lock at ``BEGIN``; reads leave it free.
+        """
+        try:
+            with (self._writer if write else self.engine).begin() as connection:
+                yield connection
+        except IntegrityError as exc:
+            raise LedgerError(f"ledger {self.url}: {operation} refused: {exc.orig}") from exc
+        except DBAPIError as exc:
+            raise LedgerError(f"ledger {self.url}: {operation} failed: {exc.orig}") from exc
+
+    def insert_ignore(self, table: Table, keys: Sequence[str]) -> Insert:
+        """``INSERT … ON CONFLICT (keys) DO NOTHING`` in this dialect."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+    def upsert(self, table: Table, keys: Sequence[str], columns: Sequence[str]) -> Insert:
+        """``INSERT … ON CONFLICT (keys) DO UPDATE SET c = excluded.c`` for each of ``columns``."""
+        if self.dialect == "postgresql":
+            pg = postgresql.insert(table)
+            return pg.on_conflict_do_update(
+                index_elements=list(keys), set_={c: pg.excluded[c] for c in columns}
+            )
+        lite = sqlite.insert(table)
+        return lite.on_conflict_do_update(
+            index_elements=list(keys), set_={c: lite.excluded[c] for c in columns}
+        )
+
+    def insert_new(
+        self, connection: Connection, statement: Insert, params: list[dict[str, Any]]
+    ) -> int:
+        """Run an :meth:`insert_ignore` statement over ``params``; return how many were new."""
+        if self.dialect == "postgresql":  # psycopg's executemany rowcount is not a sum
+            key = next(iter(statement.table.primary_key))
+            return len(connection.execute(statement.returning(key), params).all())
+        # sqlite3's executemany rowcount is the sum of changes, and a conflict changes nothing.
+        return int(connection.execute(statement, params).rowcount)
+
+
+def compress(body: bytes) -> bytes:
+    """Compress a JSON body for storage. Level 1: nearly level 6's size on JSON, much faster."""
+    return zlib.compress(body, 1)
+
+
+def decompress(stored: bytes) -> bytes:
+    """The JSON body :func:`compress` stored."""
+    return zlib.decompress(stored)
+
+
+def _open_engine(target: str | os.PathLike[str]) -> tuple[Engine, str]:
+    """An engine for ``target`` (a filesystem path or an SQLAlchemy URL) and a printable name.
+
+    The name is the file path for SQLite, and the URL with its password masked otherwise.
+    """
+    url = _to_url(target)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ":memory:"
+        if database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+        _configure_sqlite(engine)
+        return engine, display_url(url)
+    shown = display_url(url)
+    if backend == "postgresql":
+        try:
+            return create_engine(url, pool_pre_ping=True), shown
+        except ImportError as exc:
+            raise LedgerError(
+                f"cannot open ledger {shown}: its driver is missing ({exc.name}); "
+                "install it with: pip install 'groqbatch[postgres]'"
+            ) from exc
+    raise LedgerError(
+        f"unsupported ledger database {shown}: "
+        "groqbatch keeps its ledger in SQLite (a path or sqlite:///…) or PostgreSQL "
+        "(postgresql+psycopg://…)."
+    )
+
+
+def display_url(url: URL) -> str:
+    """A URL as the ledger shows it: the file path for SQLite, else with the password masked."""
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return url.render_as_string(hide_password=True)
+
+
+def _to_url(target: str | os.PathLike[str]) -> URL:
+    if isinstance(target, str) and "://" in target:
+        try:
+            return make_url(target)
+        except Exception as exc:  # sqlalchemy raises ArgumentError, ValueError, …
+            raise LedgerError(f"not a database URL: {_mask(target)} ({exc})") from exc
+    path = Path(os.fspath(target)).expanduser()
+    return URL.create("sqlite", database=str(path))
+
+
+def _mask(text: str) -> str:
+    """Hide the password of a URL-ish string that did not parse."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or "@" not in rest:
+        return text
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL itself needs a lock another process may hold.
+            cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            # custom_ids are content hashes, so inserts land all over the B-trees: with the
+            # default ~2 MB page cache a 1M-request ledger re-reads pages from disk on most
+            # inserts. 64 MB measured +34% executemany rows/s at 300k rows (more beyond).
+            cursor.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            cursor.execute("PRAGMA temp_store = MEMORY")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get(_WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of up to ``size`` items, in order, pulling from ``items`` lazily."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk

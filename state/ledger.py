@@ -1,0 +1,392 @@
+"""The ledger: one named method per operation, one transaction each.
+
+    with Ledger.open("out/enrich.sqlite") as ledger:
+        ledger.record_job("enrich", spec_hash, spec_json)
+        ledger.record_rows("enrich", rows)            # row → custom_id, or why rejected
+        ledger.record_requests(requests)              # new requests start pending
+        for custom_id, body in ledger.iter_pending("enrich"):
+            ...                                       # write shard files
+        ledger.record_shard("enrich", shard, ids)     # pending → queued, with the shard
+
+Every status change names the state it moves from (``UPDATE … WHERE status = :from``), so
+replaying an operation after ``kill -9`` moves nothing twice. Bulk operations take iterables,
+write them in chunks with ``executemany``, and commit once per chunk (``record_rows``,
+``record_requests``, ``record_results``, ``quarantine``) — each chunk is idempotent, so a crash
+between chunks is repaired by running the operation again. The rest commit once per call.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import orjson
+from sqlalchemy import Update, bindparam, delete, insert, select, update
+
+from pipeline.errors import LedgerError
+from state import inputs, reports
+from state import results as reconcile
+from state import schema as t
+from state.engine import CHUNK_SIZE, PAGE_SIZE, Database, chunked
+from state.records import (
+    QuarantineRecord,
+    RequestRecord,
+    ResultRecord,
+    RowRecord,
+    ShardRecord,
+    StoredResult,
+)
+from state.status import (
+    RequestStatus,
+    ShardStep,
+    Tier,
+    is_legal_request_move,
+    is_legal_shard_move,
+)
+
+__all__ = ["CHUNK_SIZE", "PAGE_SIZE", "Ledger"]
+
+_REQUEST_FIELDS = frozenset(
+    {"shard_key", "tier", "prompt_tokens", "completion_tokens", "cost_usd", "last_error"}
+)
+_SHARD_FIELDS = frozenset(
+    {
+        "file_id",
+        "batch_id",
+        "batch_status",
+        "request_counts_json",
+        "output_file_id",
+        "error_file_id",
+    }
+)
+# Entering these states sends the request somewhere, which is what ``attempts`` counts.
+_COUNTS_AN_ATTEMPT = frozenset({RequestStatus.SUBMITTED, RequestStatus.IN_FLIGHT})
+
+
+class Ledger:
+    """The SQLite (or PostgreSQL) ledger of one or more jobs. Open with :meth:`open`."""
+
+    def __init__(self, database: Database) -> None:
+        """Use :meth:`open`; this takes an already opened, already checked database."""
+        self._db = database
+
+    @classmethod
+    def open(cls, target: str | os.PathLike[str]) -> Self:
+        """Open (creating or migrating if needed) the ledger at a path or SQLAlchemy URL.
+
+        Raises :class:`SchemaVersionError` for a ledger of another groqbatch version, and
+        :class:`LedgerError` for a file that is not a SQLite database or not a ledger.
+        """
+        database = Database(target)
+        try:
+            with database.transaction("open") as connection:
+                if database.dialect == "postgresql":  # one process creates or migrates at a time
+                    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7245127)")
+                t.ensure_schema(connection, database.url)
+        except BaseException:
+            database.dispose()
+            raise
+        return cls(database)
+
+    @property
+    def url(self) -> str:
+        """Where the ledger is: the file path for SQLite, else the URL with its password masked."""
+        return self._db.url
+
+    def close(self) -> None:
+        """Close every pooled connection. Safe to call twice."""
+        self._db.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Ledger({self._db.url!r})"
+
+    # ---------------------------------------------------------------- jobs and runs
+
+    def record_job(self, name: str, spec_hash: str, spec_json: str) -> None:
+        """Create the job, or update its spec if it changed."""
+        now = time.time()
+        statement = self._db.upsert(t.jobs, ["name"], ["spec_hash", "spec_json", "updated_at"])
+        with self._db.transaction("record_job") as connection:
+            connection.execute(
+                statement,
+                {
+                    "name": name,
+                    "spec_hash": spec_hash,
+                    "spec_json": spec_json,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+
+    def job_spec_hash(self, name: str) -> str | None:
+        """The spec hash recorded for a job, or None if the job is not in the ledger."""
+        with self._db.transaction("job_spec_hash", write=False) as connection:
+            return connection.execute(
+                select(t.jobs.c.spec_hash).where(t.jobs.c.name == name)
+            ).scalar_one_or_none()
+
+    def start_run(self, job: str, backend: str, run_name: str | None = None) -> int:
+        """Record the start of a ``groqbatch run``; returns the run id."""
+        values = {"job": job, "backend": backend, "run_name": run_name, "started_at": time.time()}
+        with self._db.transaction("start_run") as connection:
+            key = connection.execute(insert(t.runs).values(values)).inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def finish_run(self, run_id: int, summary: Mapping[str, Any]) -> None:
+        """Record the end of a run with its summary (counts, tokens, cost…)."""
+        text = orjson.dumps(summary, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        statement = (
+            update(t.runs)
+            .where(t.runs.c.id == run_id)
+            .values(finished_at=time.time(), summary_json=text.decode())
+        )
+        with self._db.transaction("finish_run") as connection:
+            if connection.execute(statement).rowcount != 1:
+                raise LedgerError(f"ledger {self._db.url}: finish_run: no run with id {run_id}")
+
+    # ---------------------------------------------------------------- compile
+
+    def record_rows(self, job: str, rows: Iterable[RowRecord]) -> int:
+        """Upsert input rows on (job, row_key), a chunk per transaction; returns how many."""
+        return inputs.record_rows(self._db, job, rows)
+
+    def record_requests(self, requests: Iterable[RequestRecord]) -> int:
+        """Insert requests not yet in the ledger (as pending); returns how many were new."""
+        return inputs.record_requests(self._db, requests)
+
+    def answered_ids(self, custom_ids: Iterable[str]) -> set[str]:
+        """Those of ``custom_ids`` whose request has succeeded."""
+        return reports.answered_ids(self._db, custom_ids)
+
+    def statuses(self, custom_ids: Iterable[str]) -> dict[str, RequestStatus]:
+        """The status of each of ``custom_ids`` the ledger knows; unknown ids are left out."""
+        return reports.statuses(self._db, custom_ids)
+
+    def iter_pending(self, job: str) -> Iterator[tuple[str, bytes]]:
+        """(custom_id, body) of the job's pending requests in custom_id order, page by page.
+
+        Each page is read in its own short transaction (keyset paging on custom_id), so the
+        caller may write to the ledger between items — moving them to queued, say — and the
+        iteration neither misses nor repeats a request that stays pending.
+        """
+        return inputs.iter_pending(self._db, job)
+
+    def record_shard(self, job: str, shard: ShardRecord, custom_ids: Iterable[str]) -> None:
+        """Record a compiled shard and move its requests pending → queued, in one transaction.
+
+        Recording the same shard key again changes nothing; ids that are not pending (already
+        queued, say) are left alone.
+        """
+        now = time.time()
+        add_shard = self._db.insert_ignore(t.shards, ["key"])
+        enqueue = self._guarded_update(RequestStatus.PENDING).values(
+            status=RequestStatus.QUEUED.value, shard_key=shard.key, updated_at=now
+        )
+        with self._db.transaction("record_shard") as connection:
+            connection.execute(
+                add_shard,
+                {
+                    "key": shard.key,
+                    "job": job,
+                    "path": shard.path,
+                    "sha256": shard.sha256,
+                    "lines": shard.lines,
+                    "bytes": shard.bytes,
+                    "step": ShardStep.COMPILED.value,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            for chunk in chunked(custom_ids, CHUNK_SIZE):
+                connection.execute(enqueue, {"ids": chunk})
+
+    # ---------------------------------------------------------------- status moves
+
+    def transition(
+        self,
+        custom_ids: Iterable[str],
+        from_: RequestStatus,
+        to: RequestStatus,
+        **fields: Any,
+    ) -> int:
+        """Move those of ``custom_ids`` that are in ``from_`` to ``to``; returns how many moved.
+
+        ``fields`` sets request columns on the moved requests: shard_key, tier, prompt_tokens,
+        completion_tokens, cost_usd, last_error. Entering submitted or in_flight counts one
+        attempt. An illegal move raises :class:`LedgerError` and changes nothing.
+        """
+        from_, to = RequestStatus(from_), RequestStatus(to)
+        statement = self._guarded_update(from_).values(_move_values(from_, to, fields))
+        moved = 0
+        with self._db.transaction("transition") as connection:
+            for chunk in chunked(custom_ids, CHUNK_SIZE):
+                moved += connection.execute(statement, {"ids": chunk}).rowcount
+        return moved
+
+    def transition_shard(
+        self, shard_key: str, from_: RequestStatus, to: RequestStatus, **fields: Any
+    ) -> int:
+        """Like :meth:`transition`, for every request of one shard (e.g. missing → retryable)."""
+        from_, to = RequestStatus(from_), RequestStatus(to)
+        statement = (
+            update(t.requests)
+            .where(t.requests.c.shard_key == shard_key, t.requests.c.status == from_.value)
+            .values(_move_values(from_, to, fields))
+        )
+        with self._db.transaction("transition_shard") as connection:
+            return connection.execute(statement).rowcount
+
+    def refresh(self, custom_ids: Iterable[str]) -> int:
+        """Reopen succeeded requests (succeeded → pending), deleting their results.
+
+        Attempts start again from 0; tokens and cost stay, since they were paid.
+        """
+        succeeded = self._guarded_update(RequestStatus.SUCCEEDED).values(
+            status=RequestStatus.PENDING.value,
+            shard_key=None,
+            attempts=0,
+            last_error=None,
+            updated_at=time.time(),
+        )
+        forget = delete(t.results).where(
+            t.results.c.custom_id.in_(
+                select(t.requests.c.custom_id).where(
+                    t.requests.c.custom_id.in_(bindparam("ids", expanding=True)),
+                    t.requests.c.status == RequestStatus.SUCCEEDED.value,
+                )
+            )
+        )
+        moved = 0
+        with self._db.transaction("refresh") as connection:
+            for chunk in chunked(custom_ids, CHUNK_SIZE):
+                connection.execute(forget, {"ids": chunk})
+                moved += connection.execute(succeeded, {"ids": chunk}).rowcount
+        return moved
+
+    # ---------------------------------------------------------------- reconcile
+
+    def record_results(self, results: Iterable[ResultRecord]) -> int:
+        """Store answers and move their requests, a chunk per transaction; returns how many moved.
+
+        Only a request awaiting an answer (submitted or in_flight) takes one, moving to the
+        result's ``outcome``; its tokens and cost are added to the request. A line read twice, a
+        duplicate line, or a late batch line for a request flex already answered changes
+        nothing. Each chunk is written in custom_id order (over twice as fast as random order).
+        """
+        return reconcile.record_results(self._db, results)
+
+    def results_for(self, custom_ids: Iterable[str]) -> Iterator[StoredResult]:
+        """The stored results of those of ``custom_ids`` that have one, chunk by chunk."""
+        return reconcile.results_for(self._db, custom_ids)
+
+    def quarantine(self, lines: Iterable[QuarantineRecord]) -> int:
+        """Keep unusable lines whole for a person to read; returns how many were new.
+
+        A line is identified by (source_file_id, line_no): reading a file again adds nothing.
+        """
+        return reconcile.quarantine(self._db, lines)
+
+    # ---------------------------------------------------------------- shards
+
+    def shards(self, job: str) -> list[dict[str, Any]]:
+        """Every shard of a job, as column → value, oldest first."""
+        return reports.shards(self._db, job)
+
+    def set_shard_step(self, key: str, from_: ShardStep, to: ShardStep, **fields: Any) -> bool:
+        """Move a shard from step ``from_`` to ``to`` (or stay, to record fields); True if it moved.
+
+        ``fields``: file_id, batch_id, batch_status, request_counts_json (text or a mapping),
+        output_file_id, error_file_id. An illegal move raises :class:`LedgerError`.
+        """
+        from_, to = ShardStep(from_), ShardStep(to)
+        if not is_legal_shard_move(from_, to):
+            raise LedgerError(f"illegal shard move {from_.value} → {to.value} (shard {key})")
+        unknown = set(fields) - _SHARD_FIELDS
+        if unknown:
+            raise TypeError(f"set_shard_step: unknown shard fields {sorted(unknown)}")
+        values: dict[str, Any] = dict(fields)
+        counts = values.get("request_counts_json")
+        if isinstance(counts, Mapping):
+            values["request_counts_json"] = orjson.dumps(
+                counts, option=orjson.OPT_SORT_KEYS
+            ).decode()
+        values.update(step=to.value, updated_at=time.time())
+        statement = (
+            update(t.shards)
+            .where(t.shards.c.key == key, t.shards.c.step == from_.value)
+            .values(values)
+        )
+        with self._db.transaction("set_shard_step") as connection:
+            return bool(connection.execute(statement).rowcount)
+
+    # ---------------------------------------------------------------- reports
+
+    def request_counts(self, job: str | None = None) -> dict[str, int]:
+        """Status → number of requests (of one job, through its rows; of all jobs if None)."""
+        return reports.request_counts(self._db, job)
+
+    def row_counts(self, job: str) -> dict[str, int]:
+        """ok / rejected → number of the job's input rows."""
+        return reports.row_counts(self._db, job)
+
+    def rejected_rows(self, job: str, limit: int = 20) -> list[tuple[str, int, str]]:
+        """The first ``limit`` rejected rows of a job: (row_key, row_index, reason)."""
+        return reports.rejected_rows(self._db, job, limit)
+
+    # ---------------------------------------------------------------- adapters
+
+    def adapter_model(self, name: str) -> str | None:
+        """The ``ft:`` model id of the live (not deleted) adapter ``name``, or None."""
+        query = select(t.adapters.c.model_id).where(
+            t.adapters.c.name == name, t.adapters.c.deleted_at.is_(None)
+        )
+        with self._db.transaction("adapter_model", write=False) as connection:
+            model: str | None = connection.execute(query).scalar_one_or_none()
+        return model
+
+    # ---------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _guarded_update(from_: RequestStatus) -> Update:
+        return update(t.requests).where(
+            t.requests.c.custom_id.in_(bindparam("ids", expanding=True)),
+            t.requests.c.status == from_.value,
+        )
+
+
+def _move_values(
+    from_: RequestStatus, to: RequestStatus, fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The SET clause of a legal request move; refuses illegal moves and unknown fields."""
+    if not is_legal_request_move(from_, to):
+        hint = (
+            " (only refresh reopens a succeeded request)"
+            if from_ is RequestStatus.SUCCEEDED
+            else ""
+        )
+        raise LedgerError(f"illegal request move {from_.value} → {to.value}{hint}")
+    unknown = set(fields) - _REQUEST_FIELDS
+    if unknown:
+        raise TypeError(f"transition: unknown request fields {sorted(unknown)}")
+    values = dict(fields)
+    if values.get("tier") is not None:
+        values["tier"] = Tier(values["tier"]).value
+    values.update(status=to.value, updated_at=time.time())
+    if to in _COUNTS_AN_ATTEMPT:
+        values["attempts"] = t.requests.c.attempts + 1
+    return values

@@ -1,0 +1,109 @@
+"""The values that go into and come out of the ledger.
+
+Bodies cross this boundary uncompressed (canonical JSON bytes); the ledger compresses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from state.status import OUTCOMES, RequestStatus, ResultSource
+
+__all__ = [
+    "QuarantineRecord",
+    "RequestRecord",
+    "ResultRecord",
+    "RowRecord",
+    "ShardRecord",
+    "StoredResult",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RowRecord:
+    """One input row: which request it became, or (``reason`` set) why it was rejected."""
+
+    row_key: str
+    row_index: int
+    custom_id: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request to send; ``body`` is its canonical JSON, uncompressed."""
+
+    custom_id: str
+    endpoint: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRecord:
+    """One compiled batch file; ``key`` is the hash of its content."""
+
+    key: str
+    path: str
+    sha256: str
+    lines: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """One answer to a request, from a batch output/error line or a flex call.
+
+    ``outcome`` is what the request becomes: succeeded, failed (permanent) or retryable.
+    ``body`` is the response body JSON, uncompressed; ``error`` the error object as JSON text;
+    ``parsed`` the parsed structured output as JSON text, when the job asks for one. Tokens and
+    cost are what this answer used; they are added to the request's totals.
+    """
+
+    custom_id: str
+    outcome: RequestStatus
+    source: ResultSource
+    status_code: int | None = None
+    body: bytes | None = None
+    error: str | None = None
+    parsed: str | None = None
+    batch_id: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.outcome not in OUTCOMES:
+            allowed = ", ".join(sorted(OUTCOMES))
+            raise ValueError(
+                f"result for {self.custom_id!r}: outcome {self.outcome!r} is not one of {allowed}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A result as the ledger holds it; ``body`` is uncompressed again."""
+
+    custom_id: str
+    status_code: int | None
+    body: bytes | None
+    error: str | None
+    parsed: str | None
+    source: ResultSource
+    batch_id: str | None
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRecord:
+    """A line that could not be matched to a request or parsed, kept whole for a person.
+
+    ``line_no`` counts from 1 within ``source_file_id``; the pair identifies the line, so
+    reading the same file again after a crash does not quarantine it twice.
+    """
+
+    raw: bytes
+    reason: str
+    shard_key: str | None = None
+    batch_id: str | None = None
+    source_file_id: str | None = None
+    line_no: int | None = None

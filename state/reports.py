@@ -1,0 +1,94 @@
+"""What the ledger says: answered ids, statuses, counts, rejected rows, shards.
+
+:class:`state.Ledger` exposes these as methods; they live here to keep each module readable.
+Each is a read in one short transaction; ``IN`` lists are chunked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import bindparam, func, select
+
+from state import schema as t
+from state.engine import CHUNK_SIZE, Database, chunked
+from state.status import RequestStatus, RowStatus
+
+__all__ = ["answered_ids", "rejected_rows", "request_counts", "row_counts", "shards", "statuses"]
+
+_REJECTED = RowStatus.REJECTED.value
+
+
+def answered_ids(db: Database, custom_ids: Iterable[str]) -> set[str]:
+    """See :meth:`state.Ledger.answered_ids`."""
+    answered: set[str] = set()
+    query = select(t.requests.c.custom_id).where(
+        t.requests.c.status == RequestStatus.SUCCEEDED.value,
+        t.requests.c.custom_id.in_(bindparam("ids", expanding=True)),
+    )
+    with db.transaction("answered_ids", write=False) as connection:
+        for chunk in chunked(custom_ids, CHUNK_SIZE):
+            answered.update(connection.execute(query, {"ids": chunk}).scalars())
+    return answered
+
+
+def statuses(db: Database, custom_ids: Iterable[str]) -> dict[str, RequestStatus]:
+    """See :meth:`state.Ledger.statuses`."""
+    found: dict[str, RequestStatus] = {}
+    query = select(t.requests.c.custom_id, t.requests.c.status).where(
+        t.requests.c.custom_id.in_(bindparam("ids", expanding=True))
+    )
+    with db.transaction("statuses", write=False) as connection:
+        for chunk in chunked(custom_ids, CHUNK_SIZE):
+            for custom_id, status in connection.execute(query, {"ids": chunk}):
+                found[custom_id] = RequestStatus(status)
+    return found
+
+
+def request_counts(db: Database, job: str | None = None) -> dict[str, int]:
+    """See :meth:`state.Ledger.request_counts`."""
+    query = select(t.requests.c.status, func.count()).group_by(t.requests.c.status)
+    if job is not None:
+        ids = select(t.rows.c.custom_id).where(t.rows.c.job == job)
+        query = query.where(t.requests.c.custom_id.in_(ids))
+    counts = dict.fromkeys(RequestStatus, 0)
+    with db.transaction("request_counts", write=False) as connection:
+        for status, count in connection.execute(query):
+            counts[RequestStatus(status)] = count
+    return {str(status): count for status, count in counts.items()}
+
+
+def row_counts(db: Database, job: str) -> dict[str, int]:
+    """See :meth:`state.Ledger.row_counts`."""
+    query = (
+        select(t.rows.c.status, func.count()).where(t.rows.c.job == job).group_by(t.rows.c.status)
+    )
+    counts = {str(status): 0 for status in RowStatus}
+    with db.transaction("row_counts", write=False) as connection:
+        for status, count in connection.execute(query):
+            counts[status] = count
+    return counts
+
+
+def rejected_rows(db: Database, job: str, limit: int = 20) -> list[tuple[str, int, str]]:
+    """See :meth:`state.Ledger.rejected_rows`."""
+    query = (
+        select(t.rows.c.row_key, t.rows.c.row_index, t.rows.c.reason)
+        .where(t.rows.c.job == job, t.rows.c.status == _REJECTED)
+        .order_by(t.rows.c.row_index)
+        .limit(limit)
+    )
+    with db.transaction("rejected_rows", write=False) as connection:
+        return [(key, index, reason or "") for key, index, reason in connection.execute(query)]
+
+
+def shards(db: Database, job: str) -> list[dict[str, Any]]:
+    """See :meth:`state.Ledger.shards`."""
+    query = (
+        select(t.shards)
+        .where(t.shards.c.job == job)
+        .order_by(t.shards.c.created_at, t.shards.c.key)
+    )
+    with db.transaction("shards", write=False) as connection:
+        return [dict(row._mapping) for row in connection.execute(query)]

@@ -1,0 +1,274 @@
+"""The ledger's tables (SQLAlchemy Core), its schema version, and the migrations between versions.
+
+Times are ``REAL`` seconds since the Unix epoch (UTC): cheap to write in bulk, portable between
+SQLite and PostgreSQL, and sortable. JSON documents are stored as text; request and result
+bodies as zlib-compressed JSON bytes.
+
+The version lives in ``meta`` under ``schema_version``. :func:`ensure_schema` creates the
+tables on an empty database, migrates a known older version step by step inside the caller's
+transaction, and refuses anything else with an error that says what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+    update,
+)
+
+from pipeline.errors import LedgerError, SchemaVersionError
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Migration",
+    "adapters",
+    "ensure_schema",
+    "jobs",
+    "meta",
+    "metadata",
+    "migrate",
+    "quarantine",
+    "requests",
+    "results",
+    "rows",
+    "runs",
+    "shards",
+]
+
+#: The schema this groqbatch writes. Bump it together with a step in :data:`MIGRATIONS`.
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("spec_hash", String, nullable=False),
+    Column("spec_json", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job", String, ForeignKey("jobs.name"), nullable=False),
+    Column("run_name", String, nullable=True),
+    Column("backend", String, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("summary_json", Text, nullable=True),
+)
+
+rows = Table(
+    "rows",
+    metadata,
+    Column("job", String, ForeignKey("jobs.name"), primary_key=True),
+    Column("row_key", String, primary_key=True),
+    Column("row_index", Integer, nullable=False),
+    Column("custom_id", String, nullable=True),
+    Column("status", String, nullable=False),  # RowStatus
+    Column("reason", Text, nullable=True),
+    # (custom_id, job) rather than (custom_id): "is this request wanted by job J" is then
+    # answered from the index alone, which iter_pending and request_counts ask per request.
+    Index("ix_rows_custom_id", "custom_id", "job"),
+)
+
+shards = Table(
+    "shards",
+    metadata,
+    Column("key", String, primary_key=True),  # the shard file's content hash
+    Column("job", String, ForeignKey("jobs.name"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("sha256", String, nullable=False),
+    Column("lines", Integer, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("step", String, nullable=False),  # ShardStep
+    Column("file_id", String, nullable=True),
+    Column("batch_id", String, nullable=True),
+    Column("batch_status", String, nullable=True),
+    Column("request_counts_json", Text, nullable=True),
+    Column("output_file_id", String, nullable=True),
+    Column("error_file_id", String, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_shards_job", "job"),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("custom_id", String, primary_key=True),
+    Column("endpoint", String, nullable=False),
+    Column("body", LargeBinary, nullable=False),  # zlib(canonical JSON)
+    Column("status", String, nullable=False),  # RequestStatus
+    Column("shard_key", String, ForeignKey("shards.key"), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("tier", String, nullable=True),  # Tier
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("cost_usd", Float, nullable=False, default=0.0),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    # (status, custom_id) rather than (status): iter_pending pages through one status in
+    # custom_id order, which this index serves as a range scan with no sort.
+    Index("ix_requests_status", "status", "custom_id"),
+    Index("ix_requests_shard_key", "shard_key"),
+)
+
+results = Table(
+    "results",
+    metadata,
+    Column("custom_id", String, ForeignKey("requests.custom_id"), primary_key=True),
+    Column("status_code", Integer, nullable=True),
+    Column("body", LargeBinary, nullable=True),  # zlib(response body JSON)
+    Column("error_json", Text, nullable=True),
+    Column("parsed_json", Text, nullable=True),
+    Column("source", String, nullable=False),  # ResultSource
+    Column("batch_id", String, nullable=True),
+    Column("received_at", Float, nullable=False),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("shard_key", String, nullable=True),
+    Column("batch_id", String, nullable=True),
+    Column("source_file_id", String, nullable=True),
+    Column("line_no", Integer, nullable=True),
+    Column("raw", LargeBinary, nullable=False),  # the whole line, as read
+    Column("reason", Text, nullable=False),
+    Column("received_at", Float, nullable=False),
+    # Re-reading a file after a crash must not quarantine its bad lines twice.
+    Index("ux_quarantine_line", "source_file_id", "line_no", unique=True),
+)
+
+adapters = Table(
+    "adapters",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("fine_tuning_id", String, nullable=True),
+    Column("model_id", String, nullable=True),  # the "ft:" model id
+    Column("base_model", String, nullable=False),
+    Column("file_id", String, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("deleted_at", Float, nullable=True),
+)
+
+#: One step of migration: brings a ledger from version N (the key) to N + 1, inside the
+#: transaction :func:`ensure_schema` runs in.
+Migration = Callable[[Connection], None]
+
+#: Known steps, keyed by the version they start from. Version 1 is the first released
+#: schema, so nothing older exists yet; the first change to the tables adds ``{1: …}``.
+MIGRATIONS: Mapping[int, Migration] = {}
+
+_VERSION_KEY = "schema_version"
+
+
+def ensure_schema(connection: Connection, where: str) -> int:
+    """Make the database behind ``connection`` a current ledger; return the version found.
+
+    Runs inside the caller's (write) transaction, so two processes opening the same empty
+    file do not both create it, and a failed migration leaves the file as it was. Returns
+    0 when the schema was created from nothing.
+    """
+    tables = set(inspect(connection).get_table_names())
+    if not tables:
+        metadata.create_all(connection)
+        connection.execute(meta.insert().values(key=_VERSION_KEY, value=str(SCHEMA_VERSION)))
+        return 0
+    if "meta" not in tables:
+        shown = ", ".join(sorted(tables)[:5])
+        raise LedgerError(
+            f"{where} is not a groqbatch ledger: it holds tables ({shown}) but no 'meta' "
+            "table. Point the job's ledger (or --ledger) at a new file or at a groqbatch ledger."
+        )
+    text = connection.execute(
+        select(meta.c.value).where(meta.c.key == _VERSION_KEY)
+    ).scalar_one_or_none()
+    if text is None:
+        raise LedgerError(
+            f"{where} is not a groqbatch ledger: its 'meta' table has no schema_version."
+        )
+    found = _parse_version(text, where)
+    if found != SCHEMA_VERSION:
+        migrate(connection, found, where=where)
+    return found
+
+
+def migrate(
+    connection: Connection,
+    found: int,
+    *,
+    where: str,
+    target: int = SCHEMA_VERSION,
+    steps: Mapping[int, Migration] = MIGRATIONS,
+) -> None:
+    """Bring a ledger at version ``found`` to ``target`` by applying ``steps`` in order.
+
+    Refuses (before changing anything) a version newer than ``target``, or one with no
+    path of steps to it, with :class:`SchemaVersionError`.
+    """
+    if found > target:
+        raise SchemaVersionError(
+            f"{where} has ledger schema version {found}, written by a newer groqbatch; "
+            f"this groqbatch supports schema version {target}. Upgrade groqbatch to use "
+            "this ledger, or point --ledger at a new file."
+        )
+    missing = [v for v in range(found, target) if v not in steps]
+    if missing:
+        raise SchemaVersionError(
+            f"{where} has ledger schema version {found}, which this groqbatch does not know "
+            f"how to migrate (it supports version {target}{_known_sources(steps, target)}). "
+            "Open it with the groqbatch that wrote it, or point --ledger at a new file."
+        )
+    for version in range(found, target):
+        steps[version](connection)
+    connection.execute(update(meta).where(meta.c.key == _VERSION_KEY).values(value=str(target)))
+
+
+def _parse_version(text: str, where: str) -> int:
+    try:
+        version = int(text)
+    except ValueError:
+        version = -1
+    if version < 0:
+        raise SchemaVersionError(
+            f"{where} has an unreadable ledger schema version {text!r}; this groqbatch "
+            f"supports schema version {SCHEMA_VERSION}. Point --ledger at a new file."
+        )
+    return version
+
+
+def _known_sources(steps: Mapping[int, Migration], target: int) -> str:
+    sources = [v for v in sorted(steps) if all(s in steps for s in range(v, target))]
+    if not sources:
+        return ""
+    return ", and migrates from " + ", ".join(str(v) for v in sources)
