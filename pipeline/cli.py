@@ -73,7 +73,8 @@ def _parse_rate_limit(text: str) -> tuple[str, dict[str, int]]:
 @click.option("--scenario", "scenario_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Fault scenario file (TOML, YAML or JSON).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where file contents are kept (default: a temporary directory).")
+              help="Keep the server's state here and carry on from it when started again "
+                   "(default: a temporary directory).")
 @click.option("--max-file-lines", default=50_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-file-bytes", default=100 * 1024 * 1024, show_default=True, type=click.IntRange(min=1))
 @click.option("--rate-limit", "rate_limits", multiple=True, metavar="MODEL[@TIER]=rpm:N,tpm:N,rpd:N",
@@ -125,3 +126,46 @@ def serve(host: str, port: int, api_key: str | None, time_scale: float, throughp
     )
     serve_forever(EmulatorConfig(**settings), host=host, port=port, log_level=log_level)
 
+
+
+def config_argument(func: F) -> F:
+    return click.argument("config", type=click.Path(dir_okay=False, path_type=Path))(func)
+
+
+@main.command()
+@click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def validate(configs: tuple[Path, ...], as_json: bool) -> None:
+    """Check job configs and their inputs (every row rendered); spends nothing.
+
+    Exit 0 when every config is valid, 2 with the file, line and field of the first problem.
+    """
+    from jobs import load_job
+    from jobs.check import check_job
+
+    reports = [check_job(load_job(path), config_path=str(path)).as_dict() for path in configs]
+    if as_json:
+        echo_json(reports if len(reports) > 1 else reports[0])
+        return
+    for report in reports:
+        click.echo(f"{report['config']}: job {report['job']!r} is valid — {report['rows']} rows, "
+                   f"{report['ok']} become requests, {report['rejected']} rejected")
+        for rejection in report["first_rejections"]:
+            click.echo(f"  rejected row {rejection['row_key']} (line {rejection['line']}): "
+                       f"{rejection['reason']}")
+
+
+@main.command()
+@config_argument
+@click.option("--refresh", is_flag=True, help="Count answered requests as to send again.")
+@json_option
+def plan(config: Path, refresh: bool, as_json: bool) -> None:
+    """A dry run: rows, requests, cache hits, rejections, shards, tokens and cost. Spends nothing."""
+    from .planning import plan_config
+    from .render import print_plan
+
+    report = plan_config(config, refresh=refresh)
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        print_plan(report)

@@ -1,0 +1,65 @@
+"""Check a job without touching any ledger or API: the config, the input, every row.
+
+    report = check_job(load_job("configs/enrich.toml"))
+    print(report.ok, report.rejected, report.first_rejections)
+
+``groqbatch validate`` calls this. It reads the whole input (streaming) and renders every row,
+so a template that fails on row 90,000 is found before anything is spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from jobs.inputs import iter_job_rows
+from jobs.requests import RequestBuilder, row_key_for
+from jobs.spec import JobSpec
+from jobs.template import RowRejected
+
+__all__ = ["CheckReport", "check_job"]
+
+PLACEHOLDER_ADAPTER_MODEL = "ft:llama-3.1-8b-instant:check/adapter"
+"""Stands in for an adapter's ``ft:`` id when checking rows: rendering does not depend on it."""
+
+
+@dataclass(slots=True)
+class CheckReport:
+    config: str
+    job: str
+    rows: int = 0
+    ok: int = 0
+    rejected: int = 0
+    first_rejections: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_job(spec: JobSpec, *, config_path: str = "", keep_rejections: int = 5) -> CheckReport:
+    """Render every input row of ``spec``; count those that make a request and those that don't.
+
+    Raises :class:`~pipeline.errors.InputError` for an input that cannot be read at all (a
+    missing file, a broken JSONL line), naming the file and line.
+    """
+    model = PLACEHOLDER_ADAPTER_MODEL if spec.model is None else None
+    builder = RequestBuilder(spec, model=model)
+    report = CheckReport(config=config_path, job=spec.name)
+    for row_index, source_line, row in iter_job_rows(spec.input, spec.input_path):
+        report.rows += 1
+        row_key = f"#{row_index}"
+        try:
+            row_key = row_key_for(row, spec.input.id_column)
+            builder.build(row)
+        except RowRejected as rejection:
+            report.rejected += 1
+            if len(report.first_rejections) < keep_rejections:
+                report.first_rejections.append({
+                    "row_index": row_index,
+                    "line": source_line,
+                    "row_key": row_key,
+                    "reason": rejection.reason,
+                })
+        else:
+            report.ok += 1
+    return report

@@ -1,0 +1,228 @@
+"""Compile a job: rows → requests in the ledger → shard files. Memory stays flat.
+
+Three passes, each streamed and written in chunks::
+
+    with Ledger.open(spec.ledger_target) as ledger:
+        report = compile_job(spec, ledger)
+        print(report.as_dict())
+
+1. **Rows.** Read the input (``where``, ``limit``), render each row into a request, and record
+   the rows (row key → ``custom_id``, or the reason it was rejected) and the requests in the
+   ledger, a chunk at a time. Requests are content-addressed, so identical ones — from rows of
+   this job or of any other — are stored once and sent once.
+2. **Refresh** (``refresh=True`` only): the job's answered requests go back to pending.
+3. **Shards.** Stream the job's pending requests in ``custom_id`` order into shard files within
+   the line and byte limits, recording each shard (pending → queued) as it closes. The order
+   makes the files the same whatever order the input rows came in; requests answered before
+   (by any job) are not pending, so they are not sent again.
+
+**Token estimate.** Prompt tokens of a request ≈ UTF-8 bytes of its body / 4 (the JSON
+structure stands in for the chat template's per-message overhead; image URLs are counted as
+text, so vision prompts are undercounted). Completion tokens per request =
+``[policy.budget].expected_completion_tokens``, else ``[prompt].max_completion_tokens``, else
+256.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from jobs.inputs import iter_job_rows
+from jobs.load import spec_hash, spec_json
+from jobs.requests import CHAT_ENDPOINT, RequestBuilder, batch_line, row_key_for
+from jobs.shards import ShardWriter
+from jobs.spec import JobSpec
+from jobs.template import RowRejected
+from state import Ledger, RequestRecord, RowRecord
+
+__all__ = [
+    "DEFAULT_COMPLETION_TOKENS",
+    "CompileReport",
+    "ShardSummary",
+    "compile_job",
+    "estimate_completion_tokens",
+    "estimate_prompt_tokens",
+    "record_rows_and_requests",
+]
+
+#: Rows (and their requests) written to the ledger per chunk.
+CHUNK_ROWS = 5_000
+DEFAULT_COMPLETION_TOKENS = 256
+
+
+def estimate_prompt_tokens(body: bytes) -> int:
+    """Prompt tokens of a request, estimated from its body (see the module docstring)."""
+    return (len(body) + 3) // 4
+
+
+def estimate_completion_tokens(spec: JobSpec) -> int:
+    """Completion tokens expected per request (see the module docstring)."""
+    return (
+        spec.policy.budget.expected_completion_tokens
+        or spec.prompt.max_completion_tokens
+        or DEFAULT_COMPLETION_TOKENS
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSummary:
+    """One shard file written by a compile (or, for ``plan``, one that would be)."""
+
+    key: str | None
+    path: str | None
+    sha256: str | None
+    lines: int
+    bytes: int
+
+
+@dataclass(slots=True)
+class RowTally:
+    """What pass 1 saw."""
+
+    rows: int = 0
+    ok: int = 0
+    rejected: int = 0
+    new_requests: int = 0
+    refreshed: int = 0
+
+
+@dataclass(slots=True)
+class CompileReport:
+    """What a compile did. ``as_dict()`` is JSON-serialisable."""
+
+    job: str
+    model: str
+    rows: int = 0
+    ok: int = 0
+    rejected: int = 0
+    unique_requests: int = 0
+    new_requests: int = 0
+    already_answered: int = 0
+    refreshed: int = 0
+    to_send: int = 0
+    shards: list[ShardSummary] = field(default_factory=list)
+    est_prompt_tokens: int = 0
+    est_completion_tokens: int = 0
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def record_rows_and_requests(
+    spec: JobSpec,
+    ledger: Ledger,
+    builder: RequestBuilder,
+    *,
+    refresh: bool = False,
+) -> RowTally:
+    """Pass 1 (and 2): stream the job's rows into the ledger as rows and requests."""
+    tally = RowTally()
+    id_column = spec.input.id_column
+    for chunk in _chunks(iter_job_rows(spec.input, spec.input_path), CHUNK_ROWS):
+        rows: list[RowRecord] = []
+        requests: dict[str, RequestRecord] = {}  # deduplicated within the chunk
+        for row_index, _line, row in chunk:
+            try:
+                key = row_key_for(row, id_column)
+            except RowRejected as exc:
+                rows.append(RowRecord(f"#{row_index}", row_index, None, exc.reason))
+                continue
+            try:
+                built = builder.build(row)
+            except RowRejected as exc:
+                rows.append(RowRecord(key, row_index, None, exc.reason))
+                continue
+            rows.append(RowRecord(key, row_index, built.custom_id, None))
+            if built.custom_id not in requests:
+                requests[built.custom_id] = RequestRecord(
+                    built.custom_id, CHAT_ENDPOINT, built.body
+                )
+        tally.rows += len(chunk)
+        tally.rejected += sum(1 for r in rows if r.reason is not None)
+        tally.ok += sum(1 for r in rows if r.reason is None)
+        tally.new_requests += ledger.record_requests(requests.values())
+        ledger.record_rows(spec.name, rows)
+        if refresh:
+            tally.refreshed += ledger.refresh(requests.keys())
+    return tally
+
+
+def write_shards(
+    spec: JobSpec, ledger: Ledger, report: CompileReport, *, tag: str | None = None
+) -> None:
+    """Pass 3: the job's pending requests → shard files, each recorded as it closes."""
+    directory = spec.workdir_path / "shards"
+    policy = spec.policy
+    completion = estimate_completion_tokens(spec)
+    with ShardWriter(
+        directory,
+        max_lines=policy.max_lines_per_shard,
+        max_bytes=policy.max_bytes_per_shard,
+        job=spec.name,
+        tag=tag,
+    ) as writer:
+        for custom_id, body in ledger.iter_pending(spec.name):
+            report.to_send += 1
+            report.est_prompt_tokens += estimate_prompt_tokens(body)
+            report.est_completion_tokens += completion
+            _record(ledger, spec.name, report, writer.add(custom_id, batch_line(custom_id, body)))
+        _record(ledger, spec.name, report, writer.close())
+
+
+def _record(ledger: Ledger, job: str, report: CompileReport, shards: Iterable[Any]) -> None:
+    for shard in shards:
+        ledger.record_shard(job, shard.record, shard.custom_ids)
+        r = shard.record
+        report.shards.append(ShardSummary(r.key, r.path, r.sha256, r.lines, r.bytes))
+
+
+def compile_job(
+    spec: JobSpec,
+    ledger: Ledger,
+    *,
+    refresh: bool = False,
+    model: str | None = None,
+    salt: str | None = None,
+) -> CompileReport:
+    """Compile ``spec`` into ``ledger`` and shard files under ``<workdir>/shards/``.
+
+    ``refresh`` re-asks requests already answered. ``model`` is the resolved ``ft:`` id when
+    the spec names an ``adapter``. ``salt`` gives every request a fresh id (see
+    :func:`jobs.requests.custom_id_for`); with ``[policy] cache = false`` callers pass a run id.
+    Raises :class:`~pipeline.errors.ConfigError` / ``InputError`` for a bad config or input
+    file; rows that cannot be rendered are rejected and recorded, not raised.
+    """
+    started = time.perf_counter()
+    builder = RequestBuilder(spec, model=model, salt=salt)
+    ledger.record_job(spec.name, spec_hash(spec), spec_json(spec))
+    tally = record_rows_and_requests(spec, ledger, builder, refresh=refresh)
+    counts = ledger.request_counts(spec.name)
+    report = CompileReport(
+        job=spec.name,
+        model=builder.model,
+        rows=tally.rows,
+        ok=tally.ok,
+        rejected=tally.rejected,
+        unique_requests=sum(counts.values()),
+        new_requests=tally.new_requests,
+        already_answered=counts.get("succeeded", 0),
+        refreshed=tally.refreshed,
+    )
+    write_shards(spec, ledger, report)
+    report.elapsed_s = round(time.perf_counter() - started, 3)
+    return report

@@ -1,0 +1,214 @@
+"""Plan a job: what a compile would send, and what it would cost — spending nothing.
+
+:func:`plan_job` runs the compile's row pass into a scratch ledger in a temporary folder,
+asks the real ledger which requests it has already answered, and sizes the shards without
+writing them::
+
+    with Ledger.open(spec.ledger_target) as ledger:
+        plan = plan_job(spec, ledger)
+    print(plan.cost_batch_usd, plan.shards)
+
+Prices come from ``configs/prices.toml``: USD per 1M tokens at on-demand rates, per model.
+The Batch API costs 50% of that; flex costs the same as on-demand (during its beta). A
+LoRA id ``ft:<base>:...`` is priced as its base model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobs.compile import (
+    CompileReport,
+    ShardSummary,
+    estimate_completion_tokens,
+    estimate_prompt_tokens,
+    record_rows_and_requests,
+)
+from jobs.load import spec_hash, spec_json
+from jobs.requests import RequestBuilder, batch_line
+from jobs.shards import ShardSizer
+from jobs.spec import JobSpec
+from pipeline.errors import ConfigError
+from state import Ledger
+
+__all__ = ["DEFAULT_PRICES", "PlanReport", "Price", "load_prices", "plan_job", "price_for"]
+
+DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "configs" / "prices.toml"
+_ANSWER_CHUNK = 5_000
+REJECTIONS_SHOWN = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per 1M tokens at on-demand rates, and the batch discount."""
+
+    model: str
+    input_per_m: float
+    output_per_m: float
+    batch_discount: float = 0.5
+    flex_factor: float = 1.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, tier: str = "batch") -> float:
+        """USD for these tokens on ``tier`` (``batch``, ``flex``, ``on_demand``)."""
+        usd = (prompt_tokens * self.input_per_m + completion_tokens * self.output_per_m) / 1e6
+        if tier == "batch":
+            return usd * (1 - self.batch_discount)
+        return usd * self.flex_factor if tier == "flex" else usd
+
+
+def load_prices(path: str | os.PathLike[str] | None = None) -> dict[str, Price]:
+    """The price table: ``[models."<id>"] input = … output = …`` (USD per 1M tokens)."""
+    file = Path(path) if path is not None else DEFAULT_PRICES
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if path is None:
+            return {}
+        raise ConfigError("price table not found", path=file) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"cannot parse the price table: {exc}", path=file) from None
+    discount = float(data.get("batch_discount", 0.5))
+    flex = float(data.get("flex_factor", 1.0))
+    prices: dict[str, Price] = {}
+    for model, entry in data.get("models", {}).items():
+        try:
+            prices[model] = Price(
+                model, float(entry["input"]), float(entry["output"]), discount, flex
+            )
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(
+                "each model needs numeric input and output prices",
+                path=file,
+                field=f"models.{model}",
+            ) from None
+    return prices
+
+
+def price_for(model: str, prices: dict[str, Price]) -> Price | None:
+    """The price of ``model``; a LoRA id ``ft:<base>:...`` is priced as ``<base>``."""
+    if model.startswith("ft:"):
+        model = model.split(":")[1]
+    return prices.get(model)
+
+
+@dataclass(slots=True)
+class PlanReport:
+    """What a compile would do and cost. ``as_dict()`` is JSON-serialisable."""
+
+    compile: CompileReport
+    price_known: bool = False
+    input_usd_per_m: float | None = None
+    output_usd_per_m: float | None = None
+    cost_batch_usd: float | None = None
+    cost_on_demand_usd: float | None = None
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+    """The first rejected rows: ``row_key``, ``row_index``, ``reason``."""
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_job(
+    spec: JobSpec,
+    ledger_for_answers: Ledger | None,
+    *,
+    refresh: bool = False,
+    model: str | None = None,
+    prices: dict[str, Price] | None = None,
+) -> PlanReport:
+    """What ``compile_job(spec, …)`` would send, priced; nothing persisted, nothing spent.
+
+    Requests the real ledger has answered count as already answered (unless ``refresh``).
+    Requests it holds in another state (queued, submitted) are counted as to send.
+    """
+    builder = RequestBuilder(spec, model=model)
+    table = load_prices() if prices is None else prices
+    with (
+        tempfile.TemporaryDirectory(prefix="groqbatch-plan-") as scratch_dir,
+        Ledger.open(Path(scratch_dir) / "plan.sqlite") as scratch,
+    ):
+        scratch.record_job(spec.name, spec_hash(spec), spec_json(spec))
+        tally = record_rows_and_requests(spec, scratch, builder)
+        report = CompileReport(
+            job=spec.name,
+            model=builder.model,
+            rows=tally.rows,
+            ok=tally.ok,
+            rejected=tally.rejected,
+            unique_requests=sum(scratch.request_counts(spec.name).values()),
+        )
+        _size_shards(spec, scratch, ledger_for_answers, report, refresh=refresh)
+        rejections = [
+            {"row_key": key, "row_index": index, "reason": reason}
+            for key, index, reason in scratch.rejected_rows(spec.name, limit=REJECTIONS_SHOWN)
+        ]
+    report.new_requests = report.to_send
+    plan = _price(spec, report, table)
+    plan.rejections = rejections
+    return plan
+
+
+def _size_shards(
+    spec: JobSpec, scratch: Ledger, real: Ledger | None, report: CompileReport, *, refresh: bool
+) -> None:
+    sizer = ShardSizer(spec.policy.max_lines_per_shard, spec.policy.max_bytes_per_shard)
+    completion = estimate_completion_tokens(spec)
+    chunk: list[tuple[str, bytes]] = []
+
+    def flush() -> None:
+        answered = real.answered_ids(c for c, _ in chunk) if real and not refresh else set()
+        report.already_answered += len(answered)
+        for custom_id, body in chunk:
+            if custom_id in answered:
+                continue
+            report.to_send += 1
+            report.est_prompt_tokens += estimate_prompt_tokens(body)
+            report.est_completion_tokens += completion
+            sizer.add(len(batch_line(custom_id, body)))
+        chunk.clear()
+
+    for item in scratch.iter_pending(spec.name):
+        chunk.append(item)
+        if len(chunk) >= _ANSWER_CHUNK:
+            flush()
+    flush()
+    sizer.close()
+    report.shards = [ShardSummary(None, None, None, lines, size) for lines, size in sizer.closed]
+
+
+def _price(spec: JobSpec, report: CompileReport, prices: dict[str, Price]) -> PlanReport:
+    plan = PlanReport(compile=report)
+    price = price_for(report.model, prices)
+    prompt, completion = report.est_prompt_tokens, report.est_completion_tokens
+    if price is None:
+        plan.warnings.append(f"no price for model {report.model!r} in the price table")
+    else:
+        plan.price_known = True
+        plan.input_usd_per_m = price.input_per_m
+        plan.output_usd_per_m = price.output_per_m
+        plan.cost_batch_usd = price.cost(prompt, completion, "batch")
+        plan.cost_on_demand_usd = price.cost(prompt, completion, "on_demand")
+    budget = spec.policy.budget
+    if budget.max_requests is not None and report.to_send > budget.max_requests:
+        plan.warnings.append(
+            f"{report.to_send} requests to send, over budget.max_requests ({budget.max_requests})"
+        )
+    if budget.max_tokens is not None and prompt + completion > budget.max_tokens:
+        plan.warnings.append(
+            f"~{prompt + completion} tokens estimated, over budget.max_tokens ({budget.max_tokens})"
+        )
+    if (
+        budget.max_dollars is not None
+        and plan.cost_batch_usd is not None
+        and plan.cost_batch_usd > budget.max_dollars
+    ):
+        plan.warnings.append(
+            f"~${plan.cost_batch_usd:.2f} estimated, over budget.max_dollars ({budget.max_dollars})"
+        )
+    return plan

@@ -1,0 +1,223 @@
+"""The ``[policy]`` table of a job: how the job is run, not what it asks.
+
+Everything here is validated when the config loads and used by later stages (submit, poll,
+flex, budget). Durations are written the way people say them: ``"36h"``, ``"90m"``,
+``"7d"``; sizes as ``"100MB"`` or a plain number of bytes.
+
+    [policy]
+    completion_window = "48h"
+    max_lines_per_shard = 20000
+    deadline = "36h"
+
+    [policy.fallback]
+    triggers = ["expired", "missing", "deadline"]
+    service_tier = "flex"
+
+    [policy.budget]
+    max_dollars = 25.0
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "BATCH_MAX_BYTES",
+    "BATCH_MAX_LINES",
+    "BudgetSpec",
+    "FallbackSpec",
+    "FallbackTrigger",
+    "PolicySpec",
+    "field_error",
+    "parse_duration",
+    "parse_size",
+]
+
+#: Groq's Files API takes batch files of at most 50,000 lines.
+BATCH_MAX_LINES = 50_000
+#: The docs say both 100 MB and 200 MB; 200 MB is the hard ceiling we accept,
+#: 100 MB (decimal) the default, so a file is never refused for its size.
+BATCH_MAX_BYTES = 200_000_000
+DEFAULT_SHARD_BYTES = 100_000_000
+
+FallbackTrigger = Literal[
+    "expired", "failed", "cancelled", "retryable_errors", "missing", "deadline"
+]
+ALL_TRIGGERS: tuple[FallbackTrigger, ...] = (
+    "expired",
+    "failed",
+    "cancelled",
+    "retryable_errors",
+    "missing",
+    "deadline",
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNIT = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+def field_error(field: str, message: str) -> PydanticCustomError:
+    """A validation error about ``field`` of the model being checked (for cross-field rules).
+
+    The loader appends ``field`` to the error's location, so the message points at the line
+    of that key rather than at the table's header.
+    """
+    return PydanticCustomError("config_field", message, {"config_field": field})
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"36h"`` → 36 hours. Units: s, m, h, d, w. Raises ``ValueError`` otherwise."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration; write e.g. '90m', '36h' or '7d'")
+    return timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
+
+
+def parse_size(value: int | str) -> int:
+    """``"100MB"`` → 100_000_000; ``"1MiB"`` → 1_048_576; an int is a number of bytes."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a size; write e.g. 100000000, '100MB' or '64MiB'")
+    return int(float(match[1]) * _SIZE_UNIT[(match[2] or "b").lower()])
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False)
+
+
+class FallbackSpec(_Table):
+    """``[policy.fallback]``: what the batch path leaves undone goes through sync calls."""
+
+    enabled: bool = True
+    """Run the flex fallback at all. When false, leftovers stay retryable in the ledger."""
+    triggers: tuple[FallbackTrigger, ...] = ALL_TRIGGERS
+    """Which leftovers go to the fallback: ``expired``, ``failed``, ``cancelled`` batches,
+    ``retryable_errors`` (error lines worth retrying), ``missing`` lines, and everything
+    still open at the ``deadline``."""
+    service_tier: Literal["flex", "auto", "on_demand"] = "flex"
+    """The tier of the synchronous calls. ``flex`` costs the same as on-demand (in beta)."""
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    """Attempts per request on the fallback path, including the first."""
+    concurrency: int = Field(default=8, ge=1, le=256)
+    """Requests in flight at once."""
+
+    @field_validator("triggers", mode="after")
+    @classmethod
+    def _unique_sorted(cls, value: tuple[FallbackTrigger, ...]) -> tuple[FallbackTrigger, ...]:
+        return tuple(t for t in ALL_TRIGGERS if t in value)
+
+
+class BudgetSpec(_Table):
+    """``[policy.budget]``: a job-wide ceiling. When spent, the rest stays retryable."""
+
+    max_requests: int | None = Field(default=None, ge=1)
+    """Requests that may be sent (batch lines plus fallback calls)."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Prompt plus completion tokens, as reported by the API."""
+    max_dollars: float | None = Field(default=None, gt=0)
+    """USD, priced from ``configs/prices.toml``."""
+    expected_completion_tokens: int | None = Field(default=None, ge=1)
+    """Completion tokens per request assumed by ``plan`` when estimating cost. Not sent.
+    Defaults to ``[prompt].max_completion_tokens``, else 256."""
+
+
+class PolicySpec(_Table):
+    """``[policy]``: windows, shard sizes, polling, deadline, fallback and budget."""
+
+    completion_window: str = "24h"
+    """The batch window, ``24h`` to ``7d`` (written in hours ``"48h"`` or days ``"3d"``)."""
+    max_lines_per_shard: int = Field(default=BATCH_MAX_LINES, ge=1, le=BATCH_MAX_LINES)
+    """Lines per batch file, at most 50,000."""
+    max_bytes_per_shard: int = Field(default=DEFAULT_SHARD_BYTES, ge=1024, le=BATCH_MAX_BYTES)
+    """Bytes per batch file: a number, or ``"100MB"``. Default 100 MB, at most 200 MB."""
+    poll_interval_min_s: float = Field(default=5.0, gt=0)
+    """The first (shortest) wait between polls, in seconds."""
+    poll_interval_max_s: float = Field(default=300.0, gt=0)
+    """The longest wait between polls; waits grow from min to max while nothing changes."""
+    deadline: timedelta | datetime | None = None
+    """When to stop waiting for batches and hand what is open to the fallback: a duration
+    from the run's start (``"36h"``) or an ISO datetime with a UTC offset."""
+    mode: Literal["batch", "sync"] = "batch"
+    """``batch``: through the Batch API. ``sync``: straight through the fallback path."""
+    cache: bool = True
+    """Reuse answers already in the ledger for identical requests (by ``custom_id``)."""
+    fallback: FallbackSpec = FallbackSpec()
+    budget: BudgetSpec = BudgetSpec()
+
+    @field_validator("completion_window", mode="after")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        text = value.strip().lower()
+        if not re.fullmatch(r"\d+[hd]", text):
+            raise ValueError(f"{value!r} is not a window; write hours or days, e.g. '24h' or '7d'")
+        hours = int(text[:-1]) * (24 if text.endswith("d") else 1)
+        if not 24 <= hours <= 168:
+            raise ValueError(f"{value!r} is outside the supported range 24h to 7d")
+        return text
+
+    @field_validator("max_bytes_per_shard", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline(cls, value: Any) -> Any:
+        if isinstance(value, str) and _DURATION.match(value):
+            return parse_duration(value)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is neither a duration ('36h') nor an ISO datetime"
+                ) from None
+        return value
+
+    @field_validator("deadline", mode="after")
+    @classmethod
+    def _aware(cls, value: timedelta | datetime | None) -> timedelta | datetime | None:
+        if isinstance(value, datetime) and value.tzinfo is None:
+            raise ValueError("a deadline datetime needs a UTC offset, e.g. 2025-01-31T18:00:00Z")
+        if isinstance(value, timedelta) and value.total_seconds() <= 0:
+            raise ValueError("a deadline duration must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _poll_order(self) -> PolicySpec:
+        if self.poll_interval_min_s > self.poll_interval_max_s:
+            raise field_error(
+                "poll_interval_min_s",
+                f"poll_interval_min_s ({self.poll_interval_min_s}) is above "
+                f"poll_interval_max_s ({self.poll_interval_max_s})",
+            )
+        return self
+
+    @property
+    def completion_window_s(self) -> int:
+        """The window in seconds."""
+        hours = int(self.completion_window[:-1])
+        return hours * (86400 if self.completion_window.endswith("d") else 3600)
+
+    def deadline_at(self, started_at: datetime) -> datetime | None:
+        """The absolute deadline for a run that started at ``started_at`` (aware datetime)."""
+        if isinstance(self.deadline, timedelta):
+            return started_at + self.deadline
+        return self.deadline

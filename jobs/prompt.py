@@ -1,0 +1,230 @@
+"""The ``[prompt]`` table: message templates and the request parameters sent with them.
+
+Templates are Jinja2 (sandboxed, undefined names are errors, no HTML escaping) over the
+row's columns; ``row`` is the whole row, for columns whose names are not identifiers::
+
+    [prompt]
+    system = "You are a careful annotator."
+    user = '''Classify this review: {{ text }}
+    Product: {{ row["product name"] }}'''
+    images = ["{{ photo_url }}"]          # image_url parts, for vision models
+    max_completion_tokens = 64
+    response_format = "json_object"      # or a table, see JsonSchemaFormat
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from jobs.policy import field_error
+from jobs.template import check_syntax
+
+__all__ = [
+    "JsonObjectFormat",
+    "JsonSchemaFormat",
+    "PromptSpec",
+    "ResponseFormat",
+    "TextFormat",
+    "load_schema_model",
+]
+
+#: Body keys a config may not set through ``extra_body``, and why.
+_CLASHING_KEYS = {
+    "model": 'set the model with model = "..." at the top of the config',
+    "messages": "messages come from [prompt].system, user and images",
+    "stream": "batch requests cannot stream",
+    "service_tier": "the batch path has no tier; set [policy.fallback].service_tier",
+}
+#: First-class request parameters of ``[prompt]``, sent under the same names.
+_PARAMS = (
+    "temperature",
+    "top_p",
+    "max_completion_tokens",
+    "seed",
+    "stop",
+    "reasoning_effort",
+    "reasoning_format",
+    "include_reasoning",
+)
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@lru_cache(maxsize=64)
+def load_schema_model(ref: str, base_dir: str) -> dict[str, Any]:
+    """The JSON schema of the pydantic model named ``"package.module:Class"``.
+
+    The config's folder is put on ``sys.path`` while importing, so a ``schemas.py`` next
+    to the config can be named as ``"schemas:Invoice"``.
+    """
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{ref!r} is not of the form 'module:Class'")
+    added = base_dir not in sys.path
+    if added:
+        sys.path.insert(0, base_dir)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(base_dir)
+    target: Any = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+    if not (isinstance(target, type) and issubclass(target, BaseModel)):
+        raise ValueError(f"{ref!r} is not a pydantic model class")
+    schema: dict[str, Any] = target.model_json_schema()
+    return schema
+
+
+class TextFormat(_Table):
+    """``{ type = "text" }``: plain text answers (the API's default)."""
+
+    type: Literal["text"]
+
+    def wire(self, base_dir: Path) -> dict[str, Any]:
+        return {"type": "text"}
+
+
+class JsonObjectFormat(_Table):
+    """``{ type = "json_object" }`` (or just ``"json_object"``): JSON mode, any object."""
+
+    type: Literal["json_object"]
+
+    def wire(self, base_dir: Path) -> dict[str, Any]:
+        return {"type": "json_object"}
+
+
+class JsonSchemaFormat(_Table):
+    """``{ type = "json_schema", name = "...", schema = {...} }``, or ``model = "mod:Class"``
+    instead of ``schema`` to use a pydantic model's ``model_json_schema()``."""
+
+    type: Literal["json_schema"]
+    name: str = Field(default="response", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """The schema's name, as the API wants it."""
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    """The JSON schema, inline."""
+    model: str | None = None
+    """A pydantic model ``"module:Class"`` whose schema is used (instead of ``schema``)."""
+    strict: bool | None = None
+    """Constrained decoding on models that support it (all fields required,
+    ``additionalProperties: false``)."""
+
+    @model_validator(mode="after")
+    def _one_source(self, info: ValidationInfo) -> JsonSchemaFormat:
+        if (self.json_schema is None) == (self.model is None):
+            raise field_error("schema", "give exactly one of schema = {...} or model = 'mod:Class'")
+        if self.model is not None:
+            base = (info.context or {}).get("base_dir") or Path.cwd()
+            try:
+                load_schema_model(self.model, str(base))
+            except ValueError as exc:
+                raise field_error("model", str(exc)) from None
+        return self
+
+    def wire(self, base_dir: Path) -> dict[str, Any]:
+        schema = self.json_schema
+        if schema is None:
+            assert self.model is not None
+            schema = load_schema_model(self.model, str(base_dir))
+        spec: dict[str, Any] = {"name": self.name, "schema": schema}
+        if self.description is not None:
+            spec["description"] = self.description
+        if self.strict is not None:
+            spec["strict"] = self.strict
+        return {"type": "json_schema", "json_schema": spec}
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
+
+
+class PromptSpec(_Table):
+    """``[prompt]``: the messages of each request, and the parameters sent with them."""
+
+    system: str | None = None
+    """The system message template."""
+    user: str
+    """The user message template."""
+    images: list[str] = Field(default=[], max_length=5)
+    """Templates that give image URLs (``https://`` or ``data:image/...;base64,``), sent as
+    ``image_url`` parts of the user message; at most 5. One that renders empty is left out."""
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    """A stop sequence, or up to 4."""
+    reasoning_effort: Literal["none", "default", "low", "medium", "high"] | None = None
+    """``none``/``default`` for Qwen 3; ``low``/``medium``/``high`` for GPT-OSS."""
+    reasoning_format: Literal["parsed", "raw", "hidden"] | None = None
+    include_reasoning: bool | None = None
+    """Return the ``reasoning`` field (GPT-OSS). Not together with ``reasoning_format``."""
+    response_format: ResponseFormat | None = None
+    extra_body: dict[str, Any] = {}
+    """Any other body field, sent as is (``tools``, ``tool_choice``, ...). It cannot set
+    ``model``, ``messages``, ``stream``, ``service_tier``, a field above, or ``n`` other than 1."""
+
+    @field_validator("system", "user", "images", mode="after")
+    @classmethod
+    def _templates_parse(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for text in [value] if isinstance(value, str) else value or []:
+            check_syntax(text)
+        return value
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("stop", mode="after")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not 1 <= len(value) <= 4:
+            raise ValueError(f"stop takes 1 to 4 sequences, not {len(value)}")
+        return value
+
+    @field_validator("extra_body", mode="after")
+    @classmethod
+    def _no_clash(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if key in _CLASHING_KEYS:
+                raise ValueError(f"extra_body cannot set {key!r}: {_CLASHING_KEYS[key]}")
+            if key == "n" and item != 1:
+                raise ValueError("extra_body: n must be 1 (Groq answers one choice per request)")
+            if key in _PARAMS or key == "response_format":
+                raise ValueError(f"extra_body cannot set {key!r}; set [prompt].{key} instead")
+        return value
+
+    @model_validator(mode="after")
+    def _reasoning(self) -> PromptSpec:
+        if self.include_reasoning is not None and self.reasoning_format is not None:
+            raise field_error(
+                "include_reasoning",
+                "include_reasoning and reasoning_format are mutually exclusive; keep one",
+            )
+        return self
+
+    def request_params(self, base_dir: Path) -> dict[str, Any]:
+        """Every body field except ``model`` and ``messages``, as sent."""
+        params: dict[str, Any] = {}
+        for key in _PARAMS:
+            value = getattr(self, key)
+            if value is not None:
+                params[key] = value
+        if self.response_format is not None:
+            params["response_format"] = self.response_format.wire(base_dir)
+        params.update(self.extra_body)
+        return params

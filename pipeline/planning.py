@@ -1,0 +1,47 @@
+"""Plan a job from its config: what a run would send and cost, spending nothing.
+
+The real ledger is only read (and only if it already exists): a dry run creates no files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jobs import JobSpec, PlanReport, load_job, plan_job
+from state import Ledger
+
+from .errors import ConfigError
+
+
+def existing_ledger(spec: JobSpec) -> Ledger | None:
+    """The job's ledger if it exists already; a SQLAlchemy URL is always opened."""
+    target = spec.ledger_target
+    if "://" not in target and not Path(target).exists():
+        return None
+    return Ledger.open(target)
+
+
+def resolve_model(spec: JobSpec, ledger: Ledger | None, *, config: str | Path | None = None) -> str:
+    """The model id requests go to: ``model``, or the ``ft:`` id of the named adapter."""
+    if spec.model is not None:
+        return spec.model
+    assert spec.adapter is not None  # the spec guarantees one of the two
+    model = ledger.adapter_model(spec.adapter) if ledger is not None else None
+    if model is None:
+        raise ConfigError(
+            f"unknown adapter {spec.adapter!r}: the ledger has no live adapter by that name",
+            path=config,
+            field="adapter",
+            hint="register it with `groqbatch adapters upload ZIP --name NAME`",
+        )
+    return model
+
+
+def plan_config(config: str | Path, *, refresh: bool = False) -> PlanReport:
+    spec = load_job(config)
+    ledger = existing_ledger(spec)
+    try:
+        return plan_job(spec, ledger, refresh=refresh, model=resolve_model(spec, ledger, config=config))
+    finally:
+        if ledger is not None:
+            ledger.close()
