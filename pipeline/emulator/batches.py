@@ -20,6 +20,11 @@ settles. ``output_file_id``/``error_file_id`` are null when that file would be e
 ``empty_error_file_object`` fault makes the latter ``{}``). See :mod:`.batch_lines` for the
 line formats and what happens to invalid lines.
 
+With a ``data_dir`` every change of a batch is saved (:mod:`.persist`) before the read that
+made it returns, together with the byte length of each scratch file; a scratch file is
+deleted only once the saved state no longer needs it. After a restart the first read
+advances the batch across the gap, running the lines the clock has passed meanwhile.
+
 Line faults are keyed by custom_id, so a scenario replays the same way. Once a fault has hit
 a custom_id, its next run on this server is keyed ``custom_id#2`` (then ``#3`` …), so a client
 that resubmits a faulted line is not hit again forever.
@@ -27,6 +32,7 @@ that resubmits a faulted line is not hit again forever.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -45,12 +51,14 @@ from . import batch_lines
 from .batch_lines import UnrunReason, Validation
 from .batch_params import MAX_IDS, CreateParams, decode_cursor, encode_cursor, parse_create
 from .errors import APIProblem, bad_request
-from .files import StoredFile, copy_into_store
+from .files import StoredFile, link_into_store
 from .http import JSONResponse, json_body, query_ids, query_int
 from .ids import new_id
 
 if TYPE_CHECKING:
     from .server import Emulator
+
+log = logging.getLogger("groqbatch.emulator")
 
 
 class BatchStatus(StrEnum):
@@ -98,6 +106,20 @@ class BatchRecord:
     error_file_id: str | dict[str, Any] | None = None
     advanced_to: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    published: list[StoredFile] = field(default_factory=list, repr=False)
+    """Output/error files registered since the last save (saved in the batch's transaction)."""
+    discard: list[Path] = field(default_factory=list, repr=False)
+    """Scratch files to delete once the batch's new state is saved."""
+    saved_key: tuple[Any, ...] | None = field(default=None, repr=False)
+    """:meth:`change_key` at the last save (None: never saved)."""
+
+    def change_key(self) -> tuple[Any, ...]:
+        """Changes whenever a saved field does (``advanced_to`` alone is not worth a write).
+
+        ``errors`` and ``times`` only change together with ``state`` or ``validation``.
+        """
+        return (self.state, self.validation is not None, self.done, self.completed,
+                self.failed, self.unrun, self.output_file_id, repr(self.error_file_id))
 
     @property
     def status(self) -> str:
@@ -176,6 +198,7 @@ class BatchStore:
         """Advance ``record`` to now and return its API object (blocking; run on a thread)."""
         with record.lock:
             self._advance(record, self.emulator.clock.now())
+            self._commit(record)
             return record.as_api(self.emulator.config.count_unrun_as_failed)
 
     def snapshots(self, records: list[BatchRecord]) -> list[dict[str, Any]]:
@@ -210,27 +233,77 @@ class BatchStore:
             errors_path=scratch / f"{batch_id}.errors.jsonl",
             advanced_to=now,
         )
+        with record.lock:
+            self._commit(record)
         with self._lock:
             self._batches[batch_id] = record
         return record.as_api(emulator.config.count_unrun_as_failed)
+
+    def restore(self, record: BatchRecord, *, output_bytes: int, errors_bytes: int) -> None:
+        """Take back a batch saved by an earlier process (see :mod:`.persist`).
+
+        A crash after lines were appended to a scratch file but before the batch's new
+        ``done`` was saved leaves bytes past the saved length: lines the saved state says
+        have not run. They will run again on the next read, so they are cut off here, or
+        their custom_ids would be answered twice.
+        """
+        if record.state not in SETTLED:
+            for path, length in ((record.output_path, output_bytes),
+                                 (record.errors_path, errors_bytes)):
+                self._truncate(path, length)
+        record.saved_key = record.change_key()
+        with self._lock:
+            self._batches[record.id] = record
+
+    @staticmethod
+    def _truncate(path: Path, length: int) -> None:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+            if length == 0:
+                return
+        if size > length:
+            with path.open("r+b") as handle:
+                handle.truncate(length)
+        elif size < length:
+            # Only a power cut (not a process crash) can lose bytes a commit counted.
+            log.warning("%s: %d bytes saved but %d found; lines of it are lost", path, length, size)
 
     def cancel(self, record: BatchRecord) -> dict[str, Any]:
         """Ask to cancel (blocking). Idempotent while ``cancelling``; 400 once settled."""
         with record.lock:
             now = self.emulator.clock.now()
             self._advance(record, now)
-            if record.state in CANCELLABLE:
+            cancellable = record.state in CANCELLABLE
+            if cancellable:
                 if record.validation is None:
                     self._scan(record)
                 record.state = BatchStatus.CANCELLING
                 record.times["cancelling"] = max(now, record.advanced_to)
                 self._advance(record, now)
-            elif record.state != BatchStatus.CANCELLING:
+            self._commit(record)
+            if not cancellable and record.state != BatchStatus.CANCELLING:
                 raise bad_request(
                     f"Batch `{record.id}` cannot be cancelled: its status is `{record.status}`.",
                     code="batch_not_cancellable",
                 )
             return record.as_api(self.emulator.config.count_unrun_as_failed)
+
+    def _commit(self, record: BatchRecord) -> None:
+        """Save ``record`` if it changed (with a data_dir), then delete the scratch files it
+        no longer needs: only now, so a crash before the save finds them still there."""
+        persist = self.emulator.persist
+        if persist is not None:
+            key = record.change_key()
+            if key != record.saved_key:
+                first_validated = record.saved_key is None or not record.saved_key[1]
+                persist.save_batch(record, with_validation=first_validated,
+                                   files=record.published)
+                record.saved_key = key
+        record.published.clear()
+        self._discard(*record.discard)
+        record.discard.clear()
 
     # -- the state machine --------------------------------------------------------------
 
@@ -286,7 +359,7 @@ class BatchStore:
         record.state = BatchStatus.FAILED
         record.times["failed"] = at
         record.failed = 0
-        self._discard(record.errors_path, record.output_path, record.input_path)
+        record.discard += [record.errors_path, record.output_path, record.input_path]
 
     def _progress(self, record: BatchRecord, now: float) -> bool:
         """Run the lines due by ``now``; True if the batch left ``in_progress``."""
@@ -352,23 +425,27 @@ class BatchStore:
                 record.input_path, record.validation.offsets[record.done :], record.errors_path, reason
             )
         created_at = int(at)
-        output = self._publish(record.output_path, f"{record.id}_output.jsonl", created_at)
+        output = self._publish(record, record.output_path, "output", created_at)
         record.output_file_id = output.id if output is not None else None
-        errors = self._publish(record.errors_path, f"{record.id}_errors.jsonl", created_at)
+        errors = self._publish(record, record.errors_path, "errors", created_at)
         if errors is not None:
             record.error_file_id = errors.id
         elif self.emulator.faults.scenario.batch.empty_error_file_object:
             record.error_file_id = {}
-        self._discard(record.input_path)
+        record.discard.append(record.input_path)
         record.state = status
         record.times[status.value] = at
 
-    def _publish(self, path: Path, filename: str, created_at: int) -> StoredFile | None:
+    def _publish(self, record: BatchRecord, path: Path, kind: str, created_at: int) -> StoredFile | None:
+        """Register a scratch file as a ``batch_output`` file (a link: the scratch copy goes
+        after the save, see :meth:`_commit`)."""
+        record.discard.append(path)
         if not path.exists() or path.stat().st_size == 0:
-            self._discard(path)
             return None
-        return copy_into_store(self.emulator.files, path, filename=filename,
-                               purpose="batch_output", created_at=created_at)
+        stored = link_into_store(self.emulator.files, path, filename=f"{record.id}_{kind}.jsonl",
+                                 purpose="batch_output", created_at=created_at)
+        record.published.append(stored)
+        return stored
 
     @staticmethod
     def _discard(*paths: Path) -> None:

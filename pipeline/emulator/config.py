@@ -113,7 +113,9 @@ class EmulatorConfig(_Frozen):
     rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
     """Keyed ``"<model>"`` or ``"<model>@<tier>"``; a model with no entry is unlimited."""
     data_dir: Path | None = None
-    """Where file contents are kept; a temporary directory when None."""
+    """Where the server keeps its state (file contents, and metadata in ``emulator.sqlite3``),
+    so that a server started again on it carries on (see :mod:`.persist`); a temporary
+    directory, gone with the server, when None."""
     scenario: Scenario = Scenario()
 
 

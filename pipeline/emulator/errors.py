@@ -1,14 +1,26 @@
-"""HTTP errors of the local server, in Groq's error body shape.
+"""Errors of the local server.
 
 Handlers raise :class:`APIProblem`; the app turns it into
 ``{"error": {"message", "type", "code", "param"?}}`` with the right status, so a bad request
-never surfaces as a 500.
+never surfaces as a 500. :class:`DataDirError` is raised when the server starts, never
+answered over HTTP: the saved state under ``--data-dir`` cannot be used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from ..errors import ConfigError
+
+
+class DataDirError(ConfigError):
+    """The server's ``data_dir`` holds state this version cannot use (or another server's)."""
+
+    def __init__(self, data_dir: Path, message: str) -> None:
+        super().__init__(message, path=data_dir, field="data_dir")
+        self.data_dir = data_dir
 
 
 class APIProblem(Exception):

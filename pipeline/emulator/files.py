@@ -1,7 +1,9 @@
 """Files: multipart upload, list, retrieve, delete and streamed content.
 
 Contents live on disk under the emulator's data directory, never whole in memory, so a
-100 MB batch file costs the server only a copy buffer.
+100 MB batch file costs the server only a copy buffer. With a ``data_dir``, each file's
+metadata is saved (:mod:`.persist`) once its content is on disk, and removed before the
+content is deleted, so a crash can leave only an unnamed content file (removed on load).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .http import DroppedResponse, JSONResponse, query_int
 from .ids import new_id
 
 if TYPE_CHECKING:
+    from .persist import StateStore
     from .server import Emulator
 
 UPLOAD_PURPOSES = frozenset({"batch", "fine_tuning"})
@@ -60,6 +63,8 @@ class FileStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, StoredFile] = {}
         self._lock = threading.Lock()
+        self.persist: StateStore | None = None
+        """Where metadata is saved (the server sets it when it has a data_dir)."""
 
     def get(self, file_id: str) -> StoredFile | None:
         with self._lock:
@@ -79,8 +84,13 @@ class FileStore:
         file_id = new_id("file")
         return file_id, self.root / file_id
 
-    def add(self, file_id: str, path: Path, *, filename: str, purpose: str, created_at: int) -> StoredFile:
-        """Register a file already written at ``path`` (counts its bytes and lines)."""
+    def add(self, file_id: str, path: Path, *, filename: str, purpose: str, created_at: int,
+            save: bool = True) -> StoredFile:
+        """Register a file already written at ``path`` (counts its bytes and lines).
+
+        ``save=False`` leaves saving to the caller (a batch saves the files it publishes in
+        its own transaction).
+        """
         size = 0
         lines = 0
         last = b"\n"
@@ -92,15 +102,24 @@ class FileStore:
         if size and last != b"\n":
             lines += 1
         stored = StoredFile(file_id, filename, purpose, size, created_at, path, lines)
+        if save and self.persist is not None:
+            self.persist.save_file(stored)
         with self._lock:
             self._files[file_id] = stored
         return stored
+
+    def restore(self, stored: StoredFile) -> None:
+        """Take back a file saved by an earlier process."""
+        with self._lock:
+            self._files[stored.id] = stored
 
     def delete(self, file_id: str) -> StoredFile:
         with self._lock:
             stored = self._files.pop(file_id, None)
         if stored is None:
             raise not_found("File", file_id, code="file_not_found")
+        if self.persist is not None:
+            self.persist.delete_file(file_id)
         stored.path.unlink(missing_ok=True)
         return stored
 
@@ -252,3 +271,16 @@ def copy_into_store(store: FileStore, source: Path, *, filename: str, purpose: s
     file_id, path = store.new_path()
     shutil.move(os.fspath(source), path)
     return store.add(file_id, path, filename=filename, purpose=purpose, created_at=created_at)
+
+
+def link_into_store(store: FileStore, source: Path, *, filename: str, purpose: str,
+                    created_at: int) -> StoredFile:
+    """Add a server-made file to the store, leaving ``source`` in place and the metadata
+    unsaved: the caller saves it, then deletes ``source``."""
+    file_id, path = store.new_path()
+    try:
+        os.link(source, path)
+    except OSError:  # no hard links here
+        shutil.copyfile(source, path)
+    return store.add(file_id, path, filename=filename, purpose=purpose, created_at=created_at,
+                     save=False)

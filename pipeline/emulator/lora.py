@@ -214,7 +214,16 @@ class FineTuningStore:
                                   code="duplicate_name")
             self._items[item.id] = item
         emulator.models.register_adapter(model_id, base_model=base, name=name, created=created)
+        if emulator.persist is not None:
+            emulator.persist.save_fine_tuning(item)
         return item
+
+    def restore(self, item: FineTuning) -> None:
+        """Take back an adapter saved by an earlier process, and serve its ``ft:`` model again."""
+        with self._lock:
+            self._items[item.id] = item
+        self.emulator.models.register_adapter(item.fine_tuned_model, base_model=item.base_model,
+                                              name=item.name, created=item.created_at)
 
     def delete(self, ft_id: str) -> FineTuning:
         with self._lock:
@@ -222,6 +231,8 @@ class FineTuningStore:
         if item is None:
             raise not_found("Fine tuning", ft_id, code="fine_tuning_not_found")
         self.emulator.models.unregister(item.fine_tuned_model)
+        if self.emulator.persist is not None:
+            self.emulator.persist.delete_fine_tuning(ft_id)
         return item
 
 

@@ -6,12 +6,18 @@ and ``openai`` SDK (base_url ending in ``/openai/v1``) both work unchanged.
 
     app = create_app(EmulatorConfig(time_scale=3600))
     httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://local")
+
+With ``EmulatorConfig(data_dir=...)`` the state is durable: every change is saved under the
+directory (:mod:`.persist`) and a new :class:`Emulator` on the same directory, in this process
+or the next, carries on with the same files, batches, adapters and clock. Without one, the
+state lives in memory and a temporary directory, and is gone after :meth:`Emulator.close`.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,12 +36,15 @@ from .config import ChatEndpoint, EmulatorConfig
 from .errors import INVALID_API_KEY, APIProblem
 from .faults import FaultInjector
 from .http import ConnectionDropped, DroppedResponse, JSONResponse, problem_response
+from .persist import SavedState, StateStore
 from .ratelimit import RateLimiter
 from .responder import Responder
 
 log = logging.getLogger("groqbatch.emulator")
 
 API_PREFIXES = ("/openai/v1", "/v1")
+FILE_NAME = re.compile(r"file_[0-9a-z]{26}")
+SCRATCH_NAME = re.compile(r"batch_[0-9a-z]{26}\.(input|output|errors)\.jsonl")
 
 
 class Emulator:
@@ -43,15 +52,25 @@ class Emulator:
 
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = config or EmulatorConfig()
-        self.clock = VirtualClock(self.config.time_scale)
-        self.faults = FaultInjector(self.config.scenario, started_at=self.clock.now())
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        self.persist: StateStore | None = None
+        """The saved state under ``data_dir``; None without one."""
+        saved = SavedState()
         if self.config.data_dir is None:
             self._tempdir = tempfile.TemporaryDirectory(prefix="groqbatch-emulator-")
             root = Path(self._tempdir.name)
         else:
             root = self.config.data_dir
+            self.persist = StateStore(root)
+            try:
+                saved = self.persist.load()
+            except BaseException:
+                self.persist.close()
+                raise
+        self.clock = self._start_clock(saved)
+        self.faults = FaultInjector(self.config.scenario, started_at=self.clock.now())
         self.files = files.FileStore(root / "files")
+        self.files.persist = self.persist
         self.scratch_dir = root / "scratch"
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         self.models = models.ModelRegistry()
@@ -61,8 +80,53 @@ class Emulator:
         self.responder = Responder(self.models, clock=self.clock.now)
         self.batches = batches.BatchStore(self)
         self.fine_tunings = lora.FineTuningStore(self)
+        if self.persist is not None:
+            try:
+                self._restore(saved)
+            except BaseException:
+                self.persist.close()
+                raise
+
+    def _start_clock(self, saved: SavedState) -> VirtualClock:
+        """A new clock, or the saved one continued across the time the server was away."""
+        scale = self.config.time_scale
+        if saved.clock is None:
+            clock = VirtualClock(scale)
+        else:
+            clock = VirtualClock.resume(saved.clock, scale, not_before=saved.latest_time())
+        if self.persist is not None:
+            self.persist.save_clock(clock.anchor())
+            clock.on_advance = self.persist.save_clock
+        return clock
+
+    def _restore(self, saved: SavedState) -> None:
+        for stored in saved.files:
+            self.files.restore(stored)
+        for item in saved.fine_tunings:
+            self.fine_tunings.restore(item)
+        for batch in saved.batches:
+            self.batches.restore(batch.record, output_bytes=batch.output_bytes,
+                                 errors_bytes=batch.errors_bytes)
+        # What a crash can leave behind: contents no saved file names (an upload or a
+        # publish cut short), scratch files of settled batches or of none.
+        known = {stored.path.name for stored in saved.files}
+        self._remove_unnamed(self.files.root, FILE_NAME, known)
+        live = {path.name for batch in self.batches.newest_first()
+                if batch.state not in batches.SETTLED
+                for path in (batch.input_path, batch.output_path, batch.errors_path)}
+        self._remove_unnamed(self.scratch_dir, SCRATCH_NAME, live)
+
+    @staticmethod
+    def _remove_unnamed(directory: Path, pattern: re.Pattern[str], keep: set[str]) -> None:
+        for path in directory.iterdir():
+            if pattern.fullmatch(path.name) and path.name not in keep:
+                log.info("removing %s: no saved state names it", path)
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
+        """Release the data_dir (everything is already saved), or delete the temporary one."""
+        if self.persist is not None:
+            self.persist.close()
         if self._tempdir is not None:
             self._tempdir.cleanup()
             self._tempdir = None
