@@ -52,6 +52,7 @@ __all__ = [
     "FORMAT_BY_SUFFIX",
     "InputSpec",
     "JobSpec",
+    "LocalServerSpec",
     "OutputSpec",
 ]
 
@@ -135,6 +136,25 @@ class OutputSpec(_Table):
         return self
 
 
+class LocalServerSpec(_Table):
+    """``[local]``: how ``backend = "local"`` runs the bundled Groq-compatible server.
+
+    With no ``base_url`` (and no ``$GROQ_BASE_URL``) the server runs in-process, keeping its
+    state in ``data_dir`` so a later ``groqbatch run`` finds the same files and batches, still
+    progressing on the server's clock. With a ``base_url`` the job talks to a running
+    ``groqbatch serve`` instead, and these settings are that server's business.
+    """
+
+    time_scale: float = Field(3600.0, gt=0)
+    """Emulated seconds per real second: 3600 lets a 24 h window pass in 24 s."""
+    throughput_lines_per_s: float = Field(100.0, gt=0)
+    """Batch lines the server runs per emulated second, per batch."""
+    scenario: str | None = None
+    """A fault scenario file (TOML, YAML or JSON), relative to the config's folder."""
+    data_dir: str | None = None
+    """Where the in-process server keeps its state. Default ``<workdir>/local-server``."""
+
+
 class JobSpec(_Table):
     """A whole job: what to read, what to ask, how to run it, where to write."""
 
@@ -159,6 +179,7 @@ class JobSpec(_Table):
     prompt: PromptSpec
     policy: PolicySpec = PolicySpec()
     output: OutputSpec = OutputSpec()
+    local: LocalServerSpec = LocalServerSpec()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -234,6 +255,10 @@ class JobSpec(_Table):
     @property
     def output_format(self) -> str:
         return _format_for(str(self.output_path), self.output.format, "output")
+
+    @property
+    def local_data_dir(self) -> Path:
+        return self.resolve_path(self.local.data_dir or f"{self.workdir_path}/local-server")
 
     def effective_base_url(self, environ: Mapping[str, str] = os.environ) -> str:
         """``base_url``, else ``$GROQ_BASE_URL``, else Groq's public endpoint."""

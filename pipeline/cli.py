@@ -15,7 +15,7 @@ import click
 import orjson
 
 from . import __version__
-from .errors import GroqBatchError, exit_code_for
+from .errors import GroqBatchError, exit_code_for, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,7 +27,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except GroqBatchError as exc:
-            click.echo(f"error: {exc}", err=True)
+            notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))
+            click.echo(f"error: {exc}{redact(notes)}", err=True)
             sys.exit(exit_code_for(exc))
 
 
@@ -169,3 +170,79 @@ def plan(config: Path, refresh: bool, as_json: bool) -> None:
         echo_json(report.as_dict())
     else:
         print_plan(report)
+
+
+def quiet_option(func: F) -> F:
+    return click.option("--quiet", "-q", is_flag=True, help="No progress output.")(func)
+
+
+@main.command()
+@config_argument
+@click.option("--no-wait", is_flag=True,
+              help="Advance everything that can move now, then exit (for cron); run again to resume.")
+@click.option("--refresh", is_flag=True, help="Send requests again even if answered before.")
+@click.option("--run-name", help="A name for this run, kept in the ledger (e.g. nightly-2026-11-22).")
+@quiet_option
+@json_option
+def run(config: Path, no_wait: bool, refresh: bool, run_name: str | None, quiet: bool,
+        as_json: bool) -> None:
+    """Run a job: compile, submit, poll, reconcile — resuming whatever an earlier run left."""
+    import anyio
+
+    from jobs import load_job
+
+    from .render import ProgressDisplay, print_run_summary
+    from .runner import run_job
+
+    spec = load_job(config)
+    display = ProgressDisplay(quiet=quiet or as_json)
+    try:
+        summary = anyio.run(lambda: run_job(spec, wait=not no_wait, refresh=refresh, run_name=run_name,
+                                            config_path=config, on_progress=display))
+    finally:
+        display.close()
+    if as_json:
+        echo_json(summary.as_dict())
+    else:
+        print_run_summary(summary)
+
+
+@main.command()
+@config_argument
+@json_option
+def status(config: Path, as_json: bool) -> None:
+    """Per-run and per-shard state, counts, tokens and cost, from the ledger alone."""
+    from jobs import load_job
+
+    from .render import print_status
+    from .status import job_status
+
+    report = job_status(load_job(config))
+    if as_json:
+        echo_json(report)
+    else:
+        print_status(report)
+
+
+@main.command()
+@config_argument
+@click.option("--no-wait", is_flag=True, help="Send the cancels and exit; a later run reconciles.")
+@json_option
+def cancel(config: Path, no_wait: bool, as_json: bool) -> None:
+    """Cancel the job's in-flight batches and reconcile what they finished."""
+    from dataclasses import asdict
+
+    import anyio
+
+    from jobs import load_job
+
+    from .cancel import cancel_job
+
+    report = anyio.run(lambda: cancel_job(load_job(config), wait=not no_wait))
+    if as_json:
+        echo_json(asdict(report))
+    else:
+        click.echo(f"cancelled {report.cancelled} batches ({report.already_settled} had settled); "
+                   f"reconciled {report.reconciled_shards} shards: {report.succeeded} answers kept, "
+                   f"{report.retryable} requests left undone"
+                   + (f"; {report.still_cancelling} still cancelling" if report.still_cancelling else ""))

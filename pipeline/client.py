@@ -197,6 +197,16 @@ def error_for_response(response: httpx.Response, *, what: str) -> APIError:
     return PermanentAPIError(text, **kw)
 
 
+def _decode(response: httpx.Response) -> Any:
+    """The JSON of a 2xx answer. A body that is not JSON (cut short, garbled) is a transport
+    fault: the same call may well succeed again."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        what = f"{response.request.method} {response.request.url.path}"
+        raise TransportError(f"{what}: answer is not JSON ({len(response.content)} bytes): {exc}") from exc
+
+
 class GroqClient:
     """Async client for Groq's Files, Batches, Chat, Models and fine-tuning endpoints."""
 
@@ -253,8 +263,7 @@ class GroqClient:
     async def _json(self, method: str, path: str, *, retry: RetryPolicy | None = None, **kw: Any) -> Any:
         async for attempt in (retry or self.retry).retrying():
             with attempt:
-                response = await self._send(method, path, **kw)
-                return orjson.loads(response.content)
+                return _decode(await self._send(method, path, **kw))
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     # -- files ------------------------------------------------------------------------------------
@@ -268,12 +277,15 @@ class GroqClient:
                     files={"file": (filename, handle, "application/octet-stream")},
                     data={"purpose": purpose},
                 )
-                return RemoteFile.from_api(orjson.loads(response.content))
+                return RemoteFile.from_api(_decode(response))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def list_files(self) -> list[RemoteFile]:
         data = await self._json("GET", f"{OPENAI_PREFIX}/files")
         return [RemoteFile.from_api(item) for item in data.get("data", [])]
+
+    async def get_file(self, file_id: str) -> RemoteFile:
+        return RemoteFile.from_api(await self._json("GET", f"{OPENAI_PREFIX}/files/{file_id}"))
 
     async def delete_file(self, file_id: str) -> None:
         await self._json("DELETE", f"{OPENAI_PREFIX}/files/{file_id}")
@@ -365,7 +377,7 @@ class GroqClient:
                 response = await self._send("POST", f"{OPENAI_PREFIX}/chat/completions",
                                             content=orjson.dumps(payload),
                                             headers={"Content-Type": "application/json"})
-                return ChatReply(orjson.loads(response.content), RateLimitState.from_headers(response.headers),
+                return ChatReply(_decode(response), RateLimitState.from_headers(response.headers),
                                  response.headers.get("x-request-id"))
         raise AssertionError("unreachable")  # pragma: no cover
 

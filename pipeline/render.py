@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
 from jobs import PlanReport
+
+from .runner import Progress, RunSummary
 
 
 def _console() -> Console:
@@ -46,3 +50,113 @@ def print_plan(plan: PlanReport) -> None:
         console.print(f"rejected row {rejection['row_key']} (#{rejection['row_index']}): {rejection['reason']}")
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+class ProgressDisplay:
+    """Shows :class:`~pipeline.runner.Progress` snapshots: a live panel on a terminal, one plain
+    line per change otherwise (logs, cron), nothing when quiet. Writes to stderr, so stdout
+    stays clean for ``--json``."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.console = Console(stderr=True, highlight=False)
+        self._live: Any = None
+        self._last: tuple[Any, ...] | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        if self.quiet:
+            return
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            if self._live is None:
+                self._live = Live(console=self.console, refresh_per_second=4, transient=False)
+                self._live.start()
+            self._live.update(self._panel(progress))
+            return
+        state = (tuple(sorted(progress.shards.items())), tuple(sorted(progress.requests.items())))
+        if state != self._last:
+            self._last = state
+            self.console.print(self._line(progress))
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    @staticmethod
+    def _line(progress: Progress) -> str:
+        shards = " ".join(f"{step}={n}" for step, n in progress.shards.items() if n)
+        left = progress.total - progress.done
+        eta = f", eta {progress.eta_s:.0f}s" if progress.eta_s is not None and left else ""
+        return (f"[{progress.elapsed_s:6.1f}s] shards: {shards or 'none'} | requests: "
+                f"{progress.requests.get('succeeded', 0)} done, {progress.requests.get('failed', 0)} "
+                f"failed, {left} left{eta}")
+
+    def _panel(self, progress: Progress) -> Table:
+        table = Table(title=f"groqbatch: {progress.job}", show_header=True)
+        table.add_column("shards")
+        table.add_column("n", justify="right")
+        table.add_column("requests")
+        table.add_column("n", justify="right")
+        shard_rows = [(k, v) for k, v in progress.shards.items() if v]
+        request_rows = [(k, v) for k, v in progress.requests.items() if v]
+        for i in range(max(len(shard_rows), len(request_rows), 1)):
+            s = shard_rows[i] if i < len(shard_rows) else ("", "")
+            r = request_rows[i] if i < len(request_rows) else ("", "")
+            table.add_row(s[0], str(s[1]), r[0], str(r[1]))
+        eta = f"{progress.eta_s:.0f}s" if progress.eta_s is not None else "—"
+        table.caption = f"elapsed {progress.elapsed_s:.1f}s · {progress.done}/{progress.total} done · eta {eta}"
+        return table
+
+
+def print_run_summary(summary: RunSummary) -> None:
+    console = _console()
+    c = summary.compile
+    r = summary.requests
+    t = summary.totals
+    console.print(f"job {summary.job!r} (run {summary.run_id}) on {summary.model} via {summary.backend}")
+    console.print(f"  rows: {summary.rows.get('ok', 0) + summary.rows.get('rejected', 0):,} "
+                  f"({summary.rows.get('ok', 0):,} ok, {summary.rows.get('rejected', 0):,} rejected) → "
+                  f"{c['unique_requests']:,} unique requests ({c['already_answered']:,} answered before)")
+    console.print(f"  requests: {r.get('succeeded', 0):,} succeeded, {r.get('failed', 0):,} failed, "
+                  f"{r.get('retryable', 0):,} left by their batches, "
+                  f"{sum(v for k, v in r.items() if k not in ('succeeded', 'failed', 'retryable')):,} in flight")
+    shards = ", ".join(f"{n} {step}" for step, n in summary.shards.items() if n) or "none"
+    console.print(f"  shards: {shards}; {summary.poll_calls} poll calls in {summary.rounds} rounds")
+    if summary.reconciled.get("quarantined"):
+        console.print(f"  quarantined lines: {summary.reconciled['quarantined']} (kept whole in the ledger)")
+    console.print(f"  tokens: {int(t['prompt_tokens']):,} prompt + {int(t['completion_tokens']):,} completion; "
+                  f"cost ${t['cost_usd']:.6f}")
+    console.print(f"  results: in the ledger {summary.ledger}")
+    for note in summary.notes:
+        console.print(f"  note: {note}")
+    console.print(("finished" if summary.finished else "not finished") + f" in {summary.elapsed_s:.1f}s")
+
+
+def print_status(status: dict[str, Any]) -> None:
+    console = _console()
+    console.print(f"job {status['job']!r} — ledger {status['ledger']}")
+    requests = ", ".join(f"{n:,} {k}" for k, n in status["requests"].items() if n) or "none"
+    console.print(f"requests: {requests}")
+    totals = status["totals"]
+    console.print(f"tokens: {int(totals['prompt_tokens']):,} prompt + {int(totals['completion_tokens']):,} "
+                  f"completion; cost ${totals['cost_usd']:.6f}")
+    if status["shards"]:
+        table = Table(title="shards")
+        for column in ("shard", "lines", "step", "batch", "batch status", "counts"):
+            table.add_column(column)
+        for shard in status["shards"]:
+            table.add_row(shard["key"], str(shard["lines"]), shard["step"], shard["batch_id"] or "—",
+                          shard["batch_status"] or "—", shard["request_counts_json"] or "—")
+        console.print(table)
+    if status["runs"]:
+        table = Table(title="runs (newest first)")
+        for column in ("run", "name", "backend", "started", "finished", "succeeded", "cost"):
+            table.add_column(column)
+        for run in status["runs"]:
+            summary = run["summary"] or {}
+            table.add_row(str(run["id"]), run["run_name"] or "—", run["backend"], run["started"],
+                          run["finished"] or "—", str((summary.get("requests") or {}).get("succeeded", "—")),
+                          f"${(summary.get('totals') or {}).get('cost_usd', 0):.6f}")
+        console.print(table)

@@ -340,6 +340,14 @@ class Ledger:
         """Status → number of requests (of one job, through its rows; of all jobs if None)."""
         return reports.request_counts(self._db, job)
 
+    def request_totals(self, job: str) -> dict[str, float]:
+        """Tokens, cost (USD) and attempts summed over the job's requests, as paid so far."""
+        return reports.request_totals(self._db, job)
+
+    def runs(self, job: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The job's latest runs, newest first, as column → value (``summary_json`` as text)."""
+        return reports.runs(self._db, job, limit)
+
     def row_counts(self, job: str) -> dict[str, int]:
         """ok / rejected → number of the job's input rows."""
         return reports.row_counts(self._db, job)

@@ -15,7 +15,16 @@ from state import schema as t
 from state.engine import CHUNK_SIZE, Database, chunked
 from state.status import RequestStatus, RowStatus
 
-__all__ = ["answered_ids", "rejected_rows", "request_counts", "row_counts", "shards", "statuses"]
+__all__ = [
+    "answered_ids",
+    "rejected_rows",
+    "request_counts",
+    "request_totals",
+    "row_counts",
+    "runs",
+    "shards",
+    "statuses",
+]
 
 _REJECTED = RowStatus.REJECTED.value
 
@@ -91,4 +100,28 @@ def shards(db: Database, job: str) -> list[dict[str, Any]]:
         .order_by(t.shards.c.created_at, t.shards.c.key)
     )
     with db.transaction("shards", write=False) as connection:
+        return [dict(row._mapping) for row in connection.execute(query)]
+
+
+def request_totals(db: Database, job: str) -> dict[str, float]:
+    """See :meth:`state.Ledger.request_totals`."""
+    columns = t.requests.c
+    query = select(
+        func.coalesce(func.sum(columns.prompt_tokens), 0),
+        func.coalesce(func.sum(columns.completion_tokens), 0),
+        func.coalesce(func.sum(columns.cost_usd), 0.0),
+        func.coalesce(func.sum(columns.attempts), 0),
+    ).where(columns.custom_id.in_(select(t.rows.c.custom_id).where(t.rows.c.job == job)))
+    with db.transaction("request_totals", write=False) as connection:
+        prompt, completion, cost, attempts = connection.execute(query).one()
+    return {"prompt_tokens": int(prompt), "completion_tokens": int(completion),
+            "cost_usd": float(cost), "attempts": int(attempts)}
+
+
+def runs(db: Database, job: str, limit: int = 20) -> list[dict[str, Any]]:
+    """See :meth:`state.Ledger.runs`."""
+    query = (
+        select(t.runs).where(t.runs.c.job == job).order_by(t.runs.c.id.desc()).limit(limit)
+    )
+    with db.transaction("runs", write=False) as connection:
         return [dict(row._mapping) for row in connection.execute(query)]

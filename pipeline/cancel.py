@@ -1,0 +1,64 @@
+"""Cancel a job's in-flight batches, then reconcile what they finished.
+
+Groq keeps a cancelled batch ``cancelling`` for up to 10 minutes before it settles with partial
+output; ``wait=True`` polls until then and reconciles, ``wait=False`` only sends the cancels
+(a later ``groqbatch run`` reconciles them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+
+from jobs import JobSpec, load_prices, price_for
+from state import Ledger, ShardStep
+
+from .backend import open_client
+from .errors import PermanentAPIError
+from .planning import resolve_model
+from .poll import PollInterval, poll_batches
+from .reconcile import ReconcileReport, reconcile_shards
+
+
+@dataclass(slots=True)
+class CancelReport:
+    cancelled: int = 0
+    already_settled: int = 0
+    still_cancelling: int = 0
+    reconciled_shards: int = 0
+    succeeded: int = 0
+    retryable: int = 0
+
+
+async def cancel_job(spec: JobSpec, *, wait: bool = True, timeout_s: float = 900.0) -> CancelReport:
+    report = CancelReport()
+    with Ledger.open(spec.ledger_target) as ledger:
+        price = price_for(resolve_model(spec, ledger), load_prices())
+        async with open_client(spec) as client:
+            for shard in ledger.shards(spec.name):
+                if shard["step"] != ShardStep.SUBMITTED:
+                    continue
+                try:
+                    await client.cancel_batch(shard["batch_id"])
+                    report.cancelled += 1
+                except PermanentAPIError:
+                    report.already_settled += 1  # settled meanwhile: reconcile takes it
+            reconciled = ReconcileReport()
+            interval = PollInterval(spec.policy.poll_interval_min_s, spec.policy.poll_interval_max_s)
+            with anyio.move_on_after(timeout_s if wait else 0):
+                while True:
+                    polled = await poll_batches(ledger, client, spec.name)
+                    reconciled.add(await reconcile_shards(ledger, client, spec.name,
+                                                          spec.workdir_path / "downloads", price))
+                    left = [s for s in ledger.shards(spec.name) if s["step"] == ShardStep.SUBMITTED]
+                    if not left or not wait:
+                        break
+                    await anyio.sleep(interval.next(changed=bool(polled.changed)))
+            report.still_cancelling = sum(
+                1 for s in ledger.shards(spec.name) if s["step"] == ShardStep.SUBMITTED
+            )
+            report.reconciled_shards = reconciled.shards
+            report.succeeded = reconciled.succeeded
+            report.retryable = reconciled.retryable + reconciled.missing
+    return report

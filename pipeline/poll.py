@@ -1,0 +1,94 @@
+"""Poll: every in-flight batch of a job in as few calls as the API allows.
+
+Groq takes up to 200 ids in one ``GET /batches?id=…`` call, so a job with 1,000 shards in flight
+costs five calls a round. Status and request counts are recorded as they change; a batch that
+has settled (completed, expired, failed, cancelled) moves its shard to ``settled`` with its
+output and error file ids, ready for reconcile.
+
+How often to poll is :class:`PollInterval`'s business: it starts at the job's minimum, grows
+while nothing changes, and drops back to the minimum when something does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from state import Ledger, ShardStep
+
+from .client import GroqClient, RemoteBatch
+
+
+@dataclass(slots=True)
+class PollReport:
+    polled: int = 0
+    calls: int = 0
+    changed: int = 0
+    settled: list[str] = field(default_factory=list)
+    """Shard keys that settled in this round."""
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+async def poll_batches(ledger: Ledger, client: GroqClient, job: str) -> PollReport:
+    report = PollReport()
+    in_flight = {s["batch_id"]: s for s in ledger.shards(job) if s["step"] == ShardStep.SUBMITTED}
+    if not in_flight:
+        return report
+    batches = await client.get_batches(list(in_flight))
+    report.calls = -(-len(in_flight) // 200)
+    report.polled = len(batches)
+    for batch in batches:
+        shard = in_flight.get(batch.id)
+        if shard is None:
+            continue
+        report.statuses[batch.status] = report.statuses.get(batch.status, 0) + 1
+        counts = _counts(batch)
+        if batch.settled:
+            ledger.set_shard_step(shard["key"], ShardStep.SUBMITTED, ShardStep.SETTLED,
+                                  batch_status=batch.status, request_counts_json=counts,
+                                  output_file_id=batch.output_file_id,
+                                  error_file_id=batch.error_file_id)
+            report.settled.append(shard["key"])
+            report.changed += 1
+        elif batch.status != shard["batch_status"] or _stored_counts(shard) != counts:
+            ledger.set_shard_step(shard["key"], ShardStep.SUBMITTED, ShardStep.SUBMITTED,
+                                  batch_status=batch.status, request_counts_json=counts)
+            report.changed += 1
+    return report
+
+
+def _counts(batch: RemoteBatch) -> dict[str, int]:
+    c = batch.request_counts
+    return {"total": c.total, "completed": c.completed, "failed": c.failed}
+
+
+def _stored_counts(shard: dict[str, object]) -> dict[str, int] | None:
+    raw = shard.get("request_counts_json")
+    if not isinstance(raw, str):
+        return None
+    loaded: dict[str, int] = orjson.loads(raw)
+    return loaded
+
+
+@dataclass(slots=True)
+class PollInterval:
+    """Adaptive wait between rounds, within the job's ``[min_s, max_s]``.
+
+    >>> interval = PollInterval(1.0, 8.0)
+    >>> [interval.next(changed=False) for _ in range(5)]
+    [1.0, 2.0, 4.0, 8.0, 8.0]
+    >>> interval.next(changed=True)
+    1.0
+    """
+
+    min_s: float
+    max_s: float
+    _current: float = 0.0
+
+    def next(self, *, changed: bool) -> float:
+        if changed or self._current == 0.0:
+            self._current = self.min_s
+        else:
+            self._current = min(self._current * 2, self.max_s)
+        return self._current

@@ -1,0 +1,217 @@
+"""Reconcile: a settled batch's output and error files, line by line, into the ledger.
+
+Each file is downloaded whole to disk first (streamed, its size checked against the file
+object's ``bytes``), then read line by line and written in chunks — one transaction each — by
+upsert on ``custom_id``, so a line read twice (a duplicate, or a file read again after a
+crash) changes nothing. What the API returned is kept as it is; nothing is invented:
+
+- ``response.status_code == 200`` → succeeded, with the body, tokens and the batch-priced cost;
+- ``response.status_code >= 400`` → retryable for 408/409/429/498/5xx, else failed, with the
+  body kept whole;
+- ``response: null`` with an ``error`` (``batch_expired``, ``batch_cancelled``,
+  ``request_timeout``) → retryable;
+- a line that is not JSON, has no ``custom_id``, or names one the ledger never sent → the
+  quarantine, kept whole with the file and line number for a person to read;
+- a request of the shard with no line in either file → retryable ("missing").
+
+A batch that failed validation has no files; its ``errors.data[]`` are read per line (line N
+of the shard file is request N) and its requests become retryable with that message. The
+shard is marked ``reconciled`` only after both files were read to the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from jobs import Price
+from state import Ledger, QuarantineRecord, RequestStatus, ResultRecord, ResultSource, ShardStep
+from state.status import AWAITING_ANSWER
+
+from .client import GroqClient
+
+log = logging.getLogger("groqbatch.reconcile")
+
+CHUNK_LINES = 5_000
+RETRYABLE_STATUS = frozenset({408, 409, 429, 498})
+MISSING = "missing: no line for this request in the batch's output or error file"
+
+
+def _outcome_for_status(status: int) -> RequestStatus:
+    if status < 400:
+        return RequestStatus.SUCCEEDED
+    if status in RETRYABLE_STATUS or status >= 500:
+        return RequestStatus.RETRYABLE
+    return RequestStatus.FAILED
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    shards: int = 0
+    lines: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retryable: int = 0
+    missing: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+
+    def add(self, other: ReconcileReport) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+async def reconcile_shards(ledger: Ledger, client: GroqClient, job: str, download_dir: Path,
+                           price: Price | None) -> ReconcileReport:
+    """Reconcile every settled shard of ``job``."""
+    total = ReconcileReport()
+    for shard in ledger.shards(job):
+        if shard["step"] == ShardStep.SETTLED:
+            total.add(await reconcile_shard(ledger, client, shard, download_dir, price))
+    return total
+
+
+async def reconcile_shard(ledger: Ledger, client: GroqClient, shard: Mapping[str, Any],
+                          download_dir: Path, price: Price | None) -> ReconcileReport:
+    report = ReconcileReport(shards=1)
+    await anyio.Path(download_dir).mkdir(parents=True, exist_ok=True)
+    for file_id in (shard["output_file_id"], shard["error_file_id"]):
+        if not file_id:
+            continue
+        dest = download_dir / f"{file_id}.jsonl"
+        size = (await client.get_file(file_id)).bytes
+        await client.download_file(file_id, dest, expected_bytes=size or None)
+        part = await anyio.to_thread.run_sync(apply_file, ledger, dest, shard, file_id, price)
+        report.add(part)
+        dest.unlink(missing_ok=True)
+    if shard["batch_status"] == "failed":
+        report.retryable += await _fail_validated(ledger, client, shard)
+    report.missing = ledger.transition_shard(shard["key"], RequestStatus.SUBMITTED,
+                                             RequestStatus.RETRYABLE, last_error=MISSING)
+    ledger.set_shard_step(shard["key"], ShardStep.SETTLED, ShardStep.RECONCILED)
+    return report
+
+
+def apply_file(ledger: Ledger, path: Path, shard: Mapping[str, Any], file_id: str,
+               price: Price | None) -> ReconcileReport:
+    """Read one downloaded output/error file into the ledger, a chunk per transaction."""
+    report = ReconcileReport()
+    batch_id: str | None = shard["batch_id"]
+    counted: set[str] = set()  # ids answered by this file: bounded by the shard's size
+
+    def quarantined(raw: bytes, reason: str, line_no: int) -> QuarantineRecord:
+        return QuarantineRecord(raw.rstrip(b"\n"), reason, shard["key"], batch_id, file_id, line_no)
+
+    with path.open("rb") as handle:
+        for chunk in _chunks(enumerate(handle, start=1), CHUNK_LINES):
+            parsed: list[tuple[int, bytes, ResultRecord]] = []
+            bad: list[QuarantineRecord] = []
+            for line_no, raw in chunk:
+                if not raw.strip():
+                    continue
+                report.lines += 1
+                result = _parse_line(raw, batch_id, price)
+                if isinstance(result, str):
+                    bad.append(quarantined(raw, result, line_no))
+                else:
+                    parsed.append((line_no, raw, result))
+            known = ledger.statuses(result.custom_id for _, _, result in parsed)
+            kept: list[ResultRecord] = []
+            for line_no, raw, result in parsed:
+                if result.custom_id in known:
+                    kept.append(result)
+                else:
+                    bad.append(quarantined(raw, f"unknown custom_id {result.custom_id!r}", line_no))
+            ledger.record_results(kept)
+            for result in kept:
+                if known[result.custom_id] in AWAITING_ANSWER and result.custom_id not in counted:
+                    counted.add(result.custom_id)
+                    setattr(report, result.outcome.value, getattr(report, result.outcome.value) + 1)
+                else:
+                    report.duplicates += 1
+            report.quarantined += ledger.quarantine(bad)
+    return report
+
+
+def _parse_line(raw: bytes, batch_id: str | None, price: Price | None) -> ResultRecord | str:
+    """A result, or the reason the line goes to the quarantine."""
+    try:
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(line, dict):
+        return "not a JSON object"
+    custom_id = line.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        return "no custom_id"
+    response = line.get("response")
+    error = line.get("error")
+    if isinstance(response, dict) and isinstance(response.get("status_code"), int):
+        status: int = response["status_code"]
+        body = response.get("body")
+        outcome = _outcome_for_status(status)
+        prompt = completion = 0
+        if outcome is RequestStatus.SUCCEEDED and isinstance(body, dict):
+            usage = body.get("usage") or {}
+            prompt = int(usage.get("prompt_tokens") or 0)
+            completion = int(usage.get("completion_tokens") or 0)
+        error_text = None
+        if outcome is not RequestStatus.SUCCEEDED:
+            inner = body.get("error") if isinstance(body, dict) else None
+            error_text = orjson.dumps(inner if inner is not None else body).decode()
+        return ResultRecord(
+            custom_id, outcome, ResultSource.BATCH, status_code=status,
+            body=orjson.dumps(body) if body is not None else None, error=error_text,
+            batch_id=batch_id, prompt_tokens=prompt, completion_tokens=completion,
+            cost_usd=price.cost(prompt, completion, "batch") if price else 0.0,
+        )
+    if isinstance(error, dict):
+        return ResultRecord(custom_id, RequestStatus.RETRYABLE, ResultSource.BATCH,
+                            error=orjson.dumps(error).decode(), batch_id=batch_id)
+    return "neither a response with a status_code nor an error"
+
+
+async def _fail_validated(ledger: Ledger, client: GroqClient, shard: Mapping[str, Any]) -> int:
+    """A batch that failed validation: each request named in ``errors.data[]`` (line N of the
+    shard file is request N) becomes retryable with its line's message. The rest are left
+    submitted, and so become "missing" next, with the batch-level message below."""
+    batch = await client.get_batch(shard["batch_id"])
+    by_line: dict[int, str] = {}
+    for error in batch.errors:
+        line = error.get("line")
+        if isinstance(line, int):
+            by_line[line] = f"batch failed validation: {error.get('code')}: {error.get('message')}"
+    moved = await anyio.to_thread.run_sync(_retry_lines, ledger, Path(shard["path"]), by_line) if by_line else 0
+    summary = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in batch.errors[:3]) or "no reason given"
+    moved += ledger.transition_shard(shard["key"], RequestStatus.SUBMITTED, RequestStatus.RETRYABLE,
+                                     last_error=f"batch {batch.id} failed validation: {summary}")
+    return moved
+
+
+def _retry_lines(ledger: Ledger, shard_path: Path, messages: dict[int, str]) -> int:
+    """Requests on the given lines of a shard file → retryable, each with its message."""
+    moved = 0
+    with shard_path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if line_no in messages:
+                custom_id = orjson.loads(raw)["custom_id"]
+                moved += ledger.transition([custom_id], RequestStatus.SUBMITTED,
+                                           RequestStatus.RETRYABLE, last_error=messages[line_no])
+    return moved
+
+
+def _chunks(items: Iterator[tuple[int, bytes]] | Any, size: int) -> Iterator[list[tuple[int, bytes]]]:
+    chunk: list[tuple[int, bytes]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

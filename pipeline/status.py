@@ -1,0 +1,58 @@
+"""A job's state from its ledger alone: no API call, safe while a run is going."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import orjson
+
+from jobs import JobSpec
+from state import Ledger
+
+from .errors import ConfigError
+from .planning import existing_ledger
+
+
+def _when(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return dt.datetime.fromtimestamp(stamp, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def job_status(spec: JobSpec, *, runs: int = 10) -> dict[str, Any]:
+    """Runs, shards, request counts, tokens and cost so far, as one JSON-ready mapping."""
+    ledger = existing_ledger(spec)
+    if ledger is None:
+        raise ConfigError(f"job {spec.name!r} has no ledger yet at {spec.ledger_target}: "
+                          "nothing has run", field="ledger")
+    with ledger:
+        return _status(ledger, spec, runs)
+
+
+def _status(ledger: Ledger, spec: JobSpec, runs: int) -> dict[str, Any]:
+    shards = [
+        {key: shard[key] for key in ("key", "lines", "bytes", "step", "file_id", "batch_id",
+                                      "batch_status", "request_counts_json", "output_file_id",
+                                      "error_file_id")}
+        for shard in ledger.shards(spec.name)
+    ]
+    return {
+        "job": spec.name,
+        "ledger": ledger.url,
+        "rows": ledger.row_counts(spec.name),
+        "requests": ledger.request_counts(spec.name),
+        "totals": ledger.request_totals(spec.name),
+        "shards": shards,
+        "runs": [
+            {
+                "id": run["id"],
+                "run_name": run["run_name"],
+                "backend": run["backend"],
+                "started": _when(run["started_at"]),
+                "finished": _when(run["finished_at"]),
+                "summary": orjson.loads(run["summary_json"]) if run["summary_json"] else None,
+            }
+            for run in ledger.runs(spec.name, limit=runs)
+        ],
+    }

@@ -1,0 +1,161 @@
+"""Submit: take compiled shards to created batches, crash-exact (DESIGN.md).
+
+Every remote side effect is preceded by a recorded intent and followed by a recorded outcome:
+
+    compiled ──intent──▶ uploading ──upload──▶ uploaded ──intent──▶ submitting ──create──▶ submitted
+
+A ``kill -9`` between an intent and its outcome leaves the shard in ``uploading`` (or
+``submitting``) with no remote id. On resume the remote side is asked first — the file is
+adopted by its name and size, the batch by the metadata that tags it with the shard — and only
+if nothing matches is the call made again. So no shard ever gets two batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from state import Ledger, RequestStatus, ShardStep
+
+from .client import GroqClient, RemoteBatch, RemoteFile
+from .errors import APIError, RetryableAPIError
+
+log = logging.getLogger("groqbatch.submit")
+
+CONCURRENT_SUBMISSIONS = 4
+ADOPTION_MARGIN_S = 3600.0
+"""How far before the recorded intent a remote batch may have been created and still be ours
+(clock skew between us and the server)."""
+
+
+def upload_filename(shard_key: str) -> str:
+    """The name a shard's file is uploaded under; resume finds it again by this name."""
+    return f"groqbatch-{shard_key}.jsonl"
+
+
+def batch_metadata(job: str, shard_key: str) -> dict[str, str]:
+    return {"groqbatch_job": job, "groqbatch_shard": shard_key}
+
+
+@dataclass(slots=True)
+class SubmitReport:
+    uploaded: int = 0
+    created: int = 0
+    adopted_files: int = 0
+    adopted_batches: int = 0
+    deferred: int = 0
+    """Shards whose calls kept failing retryably; the next round tries them again."""
+
+
+async def submit_shards(ledger: Ledger, client: GroqClient, job: str, *, completion_window: str,
+                        limit: int = CONCURRENT_SUBMISSIONS) -> SubmitReport:
+    """Move every shard of ``job`` that is not yet submitted as far as it goes."""
+    report = SubmitReport()
+    waiting = [s for s in ledger.shards(job) if s["step"] in _UNSUBMITTED]
+    if not waiting:
+        return report
+    limiter = anyio.CapacityLimiter(limit)
+    refused: list[APIError] = []
+
+    async def one(shard: Mapping[str, Any]) -> None:
+        async with limiter:
+            try:
+                await _submit_shard(ledger, client, job, shard, completion_window, report)
+            except RetryableAPIError as exc:
+                report.deferred += 1
+                log.warning("shard %s: %s; will try again", shard["key"], exc)
+            except APIError as exc:
+                refused.append(exc)
+
+    async with anyio.create_task_group() as group:
+        for shard in waiting:
+            group.start_soon(one, shard)
+    if refused:
+        # A refusal (bad file, bad window, auth) would be refused again: stop and say which.
+        raise refused[0]
+    return report
+
+
+_UNSUBMITTED = frozenset({ShardStep.COMPILED, ShardStep.UPLOADING, ShardStep.UPLOADED, ShardStep.SUBMITTING})
+
+
+async def _submit_shard(ledger: Ledger, client: GroqClient, job: str, shard: Mapping[str, Any],
+                        completion_window: str, report: SubmitReport) -> None:
+    key: str = shard["key"]
+    try:
+        await _advance_shard(ledger, client, job, shard, completion_window, report)
+    except APIError as exc:
+        exc.add_note(f"while submitting shard {key}")
+        raise
+
+
+async def _advance_shard(ledger: Ledger, client: GroqClient, job: str, shard: Mapping[str, Any],
+                         completion_window: str, report: SubmitReport) -> None:
+    key: str = shard["key"]
+    step = ShardStep(shard["step"])
+    file_id: str | None = shard["file_id"]
+    if step is ShardStep.COMPILED:
+        ledger.set_shard_step(key, ShardStep.COMPILED, ShardStep.UPLOADING)
+        step = ShardStep.UPLOADING
+    if step is ShardStep.UPLOADING:
+        remote = await _adopt_file(client, shard) if shard["step"] == ShardStep.UPLOADING else None
+        if remote is not None:
+            report.adopted_files += 1
+            log.info("shard %s: adopted uploaded file %s", key, remote.id)
+        else:
+            remote = await client.upload_file(Path(shard["path"]), filename=upload_filename(key))
+            report.uploaded += 1
+        file_id = remote.id
+        ledger.set_shard_step(key, ShardStep.UPLOADING, ShardStep.UPLOADED, file_id=file_id)
+        step = ShardStep.UPLOADED
+    if step is ShardStep.UPLOADED:
+        ledger.set_shard_step(key, ShardStep.UPLOADED, ShardStep.SUBMITTING)
+        step = ShardStep.SUBMITTING
+    assert step is ShardStep.SUBMITTING
+    assert file_id is not None
+    batch = await _adopt_batch(client, job, shard) if shard["step"] == ShardStep.SUBMITTING else None
+    if batch is not None:
+        report.adopted_batches += 1
+        log.info("shard %s: adopted batch %s", key, batch.id)
+    else:
+        batch = await client.create_batch(file_id, completion_window=completion_window,
+                                          metadata=batch_metadata(job, key))
+        report.created += 1
+    record_submitted(ledger, key, batch)
+
+
+def record_submitted(ledger: Ledger, key: str, batch: RemoteBatch) -> None:
+    """The outcome of creating (or adopting) a shard's batch; its requests are now submitted."""
+    ledger.set_shard_step(key, ShardStep.SUBMITTING, ShardStep.SUBMITTED, batch_id=batch.id,
+                          batch_status=batch.status, request_counts_json=_counts(batch))
+    ledger.transition_shard(key, RequestStatus.QUEUED, RequestStatus.SUBMITTED, tier="batch")
+
+
+def _counts(batch: RemoteBatch) -> dict[str, int]:
+    counts = batch.request_counts
+    return {"total": counts.total, "completed": counts.completed, "failed": counts.failed}
+
+
+async def _adopt_file(client: GroqClient, shard: Mapping[str, Any]) -> RemoteFile | None:
+    """The file a crashed run uploaded for this shard, if the server has it (name and size)."""
+    name = upload_filename(shard["key"])
+    matches = [f for f in await client.list_files() if f.filename == name and f.bytes == shard["bytes"]]
+    return max(matches, key=lambda f: f.created_at) if matches else None
+
+
+async def _adopt_batch(client: GroqClient, job: str, shard: Mapping[str, Any]) -> RemoteBatch | None:
+    """The batch a crashed run created for this shard, if any. Batches are listed newest first;
+    none older than the recorded intent (less a margin) can be ours, so the walk stops there."""
+    wanted = batch_metadata(job, shard["key"])
+    oldest = float(shard["updated_at"]) - ADOPTION_MARGIN_S
+    async for batch in client.iter_batches():
+        if all(batch.metadata.get(k) == v for k, v in wanted.items()):
+            return batch
+        if batch.created_at and batch.created_at < oldest:
+            return None
+    return None
