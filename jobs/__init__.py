@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from jobs.compile import CompileReport, ShardSummary, compile_job
 from jobs.inputs import iter_job_rows, read_rows
-from jobs.load import load_job, spec_hash, spec_json
+from jobs.load import job_from_dict, load_job, spec_hash, spec_json
 from jobs.plan import PlanReport, Price, load_prices, plan_job, price_for
 from jobs.policy import BudgetSpec, FallbackSpec, PolicySpec
 from jobs.prompt import JsonObjectFormat, JsonSchemaFormat, PromptSpec, TextFormat
@@ -50,6 +50,7 @@ __all__ = [
     "compile_job",
     "custom_id_for",
     "iter_job_rows",
+    "job_from_dict",
     "load_job",
     "load_prices",
     "plan_job",

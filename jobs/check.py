@@ -3,8 +3,9 @@
     report = check_job(load_job("configs/enrich.toml"))
     print(report.ok, report.rejected, report.first_rejections)
 
-``groqbatch validate`` calls this. It reads the whole input (streaming) and renders every row,
-so a template that fails on row 90,000 is found before anything is spent.
+``groqbatch validate`` calls this (after resolving an adapter job's ``ft:`` model from the job's
+ledger). It reads the whole input (streaming) and renders every row, so a template that fails
+on row 90,000 is found before anything is spent.
 """
 
 from __future__ import annotations
@@ -36,13 +37,19 @@ class CheckReport:
         return asdict(self)
 
 
-def check_job(spec: JobSpec, *, config_path: str = "", keep_rejections: int = 5) -> CheckReport:
+def check_job(spec: JobSpec, *, config_path: str = "", keep_rejections: int = 5,
+              model: str | None = None) -> CheckReport:
     """Render every input row of ``spec``; count those that make a request and those that don't.
+
+    ``model`` is the resolved model of an adapter job (``groqbatch validate`` resolves it from
+    the job's ledger first, so an unknown adapter fails there); without it a placeholder
+    ``ft:`` id stands in, since rendering does not depend on it.
 
     Raises :class:`~pipeline.errors.InputError` for an input that cannot be read at all (a
     missing file, a broken JSONL line), naming the file and line.
     """
-    model = PLACEHOLDER_ADAPTER_MODEL if spec.model is None else None
+    if model is None and spec.model is None:
+        model = PLACEHOLDER_ADAPTER_MODEL
     builder = RequestBuilder(spec, model=model)
     report = CheckReport(config=config_path, job=spec.name)
     for row_index, source_line, row in iter_job_rows(spec.input, spec.input_path):

@@ -16,6 +16,12 @@ Three passes, each streamed and written in chunks::
    makes the files the same whatever order the input rows came in; requests answered before
    (by any job) are not pending, so they are not sent again.
 
+**Reprocessing.** Ids are content-addressed, so compiling again after the input or the
+template changed sends only the new or changed rows' requests: an unchanged row maps to the
+same, already answered request, which is not pending. Each row is counted as new, changed or
+unchanged against the mapping recorded before (``CompileReport.new_rows`` …); ``refresh``
+re-asks everything.
+
 **Token estimate.** Prompt tokens of a request ≈ UTF-8 bytes of its body / 4 (the JSON
 structure stands in for the chat template's per-message overhead; image URLs are counted as
 text, so vision prompts are undercounted). Completion tokens per request =
@@ -36,7 +42,7 @@ from jobs.requests import CHAT_ENDPOINT, RequestBuilder, batch_line, row_key_for
 from jobs.shards import ShardWriter
 from jobs.spec import JobSpec
 from jobs.template import RowRejected
-from state import Ledger, RequestRecord, RowRecord
+from state import Ledger, RequestRecord, RequestStatus, RowRecord
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
@@ -87,6 +93,9 @@ class RowTally:
     rejected: int = 0
     new_requests: int = 0
     refreshed: int = 0
+    new_rows: int = 0
+    changed_rows: int = 0
+    unchanged_rows: int = 0
 
 
 @dataclass(slots=True)
@@ -103,6 +112,13 @@ class CompileReport:
     already_answered: int = 0
     refreshed: int = 0
     to_send: int = 0
+    new_rows: int = 0
+    """Rows whose key the ledger had not seen for this job."""
+    changed_rows: int = 0
+    """Rows the ledger knew whose request is different now (input or template changed, or a
+    ``cache = false`` run's fresh salt): their new requests are sent, unless answered before."""
+    unchanged_rows: int = 0
+    """Rows whose request is the one recorded before: answered from the ledger if it was."""
     shards: list[ShardSummary] = field(default_factory=list)
     est_prompt_tokens: int = 0
     est_completion_tokens: int = 0
@@ -129,8 +145,13 @@ def record_rows_and_requests(
     builder: RequestBuilder,
     *,
     refresh: bool = False,
+    previous: Ledger | None = None,
 ) -> RowTally:
-    """Pass 1 (and 2): stream the job's rows into the ledger as rows and requests."""
+    """Pass 1 (and 2): stream the job's rows into the ledger as rows and requests.
+
+    With ``previous`` (the job's ledger before this compile), each row is also counted as
+    new, changed (its ``custom_id`` differs from the one recorded) or unchanged.
+    """
     tally = RowTally()
     id_column = spec.input.id_column
     for chunk in _chunks(iter_job_rows(spec.input, spec.input_path), CHUNK_ROWS):
@@ -155,11 +176,23 @@ def record_rows_and_requests(
         tally.rows += len(chunk)
         tally.rejected += sum(1 for r in rows if r.reason is not None)
         tally.ok += sum(1 for r in rows if r.reason is None)
+        if previous is not None:
+            _tally_changes(tally, rows, previous.row_ids(spec.name, (r.row_key for r in rows)))
         tally.new_requests += ledger.record_requests(requests.values())
         ledger.record_rows(spec.name, rows)
         if refresh:
             tally.refreshed += ledger.refresh(requests.keys())
     return tally
+
+
+def _tally_changes(tally: RowTally, rows: list[RowRecord], before: dict[str, str | None]) -> None:
+    for row in rows:
+        if row.row_key not in before:
+            tally.new_rows += 1
+        elif before[row.row_key] == row.custom_id:
+            tally.unchanged_rows += 1
+        else:
+            tally.changed_rows += 1
 
 
 def write_shards(
@@ -210,7 +243,7 @@ def compile_job(
     started = time.perf_counter()
     builder = RequestBuilder(spec, model=model, salt=salt)
     ledger.record_job(spec.name, spec_hash(spec), spec_json(spec))
-    tally = record_rows_and_requests(spec, ledger, builder, refresh=refresh)
+    tally = record_rows_and_requests(spec, ledger, builder, refresh=refresh, previous=ledger)
     counts = ledger.request_counts(spec.name)
     report = CompileReport(
         job=spec.name,
@@ -222,7 +255,26 @@ def compile_job(
         new_requests=tally.new_requests,
         already_answered=counts.get("succeeded", 0),
         refreshed=tally.refreshed,
+        new_rows=tally.new_rows,
+        changed_rows=tally.changed_rows,
+        unchanged_rows=tally.unchanged_rows,
     )
-    write_shards(spec, ledger, report)
+    if spec.policy.mode == "sync":
+        report.to_send = route_to_sync(spec, ledger)
+    else:
+        write_shards(spec, ledger, report)
     report.elapsed_s = round(time.perf_counter() - started, 3)
     return report
+
+
+SYNC_MODE_REASON = "sync: mode = \"sync\" skips the batch path"
+
+
+def route_to_sync(spec: JobSpec, ledger: Ledger) -> int:
+    """``mode = "sync"``: the job's pending requests go straight to the synchronous path
+    (pending → retryable), chunk by chunk; no shard files are written."""
+    moved = 0
+    for chunk in _chunks((custom_id for custom_id, _ in ledger.iter_pending(spec.name)), CHUNK_ROWS):
+        moved += ledger.transition(chunk, RequestStatus.PENDING, RequestStatus.RETRYABLE,
+                                   last_error=SYNC_MODE_REASON)
+    return moved

@@ -129,8 +129,28 @@ def _refuse_secrets(data: Any, path: KeyPath, file: Path, text: str, kind: str) 
 # -- validation errors -----------------------------------------------------------------
 
 
+def job_from_dict(
+    data: Mapping[str, Any], *, base_dir: str | os.PathLike[str] | None = None, source: str = "<dict>"
+) -> JobSpec:
+    """Build a job in code — a notebook, a pipeline — with the same checks as a config file.
+
+    Relative paths (input, ledger, workdir) start at ``base_dir`` (default: the current
+    folder). A mistake is a :class:`ConfigError` naming ``source`` and the field.
+
+    >>> spec = job_from_dict({"name": "demo", "model": "llama-3.1-8b-instant",
+    ...     "input": {"path": "rows.jsonl"}, "prompt": {"user": "{{ text }}"}})
+    >>> spec.name
+    'demo'
+    """
+    folder = Path(base_dir) if base_dir is not None else Path.cwd()
+    try:
+        return JobSpec.model_validate(dict(data), context={"base_dir": folder.resolve()})
+    except ValidationError as exc:
+        raise _config_error(exc, data, Path(source), None) from None
+
+
 def _config_error(
-    exc: ValidationError, data: Mapping[str, Any], file: Path, index: dict[KeyPath, int]
+    exc: ValidationError, data: Mapping[str, Any], file: Path, index: dict[KeyPath, int] | None
 ) -> ConfigError:
     """The first problem as the error; the others listed in its message, each with a line."""
     problems: dict[KeyPath, tuple[str, str | None, str]] = {}
@@ -142,9 +162,12 @@ def _config_error(
         problems[loc] = (message, hint, error["type"])
     (loc, (message, hint, kind)), *others = problems.items()
     # a missing key has no line of its own: point at its table's header
-    line = line_of(index, loc[:-1] if kind == "missing" else loc)
+    line = line_of(index, loc[:-1] if kind == "missing" else loc) if index is not None else None
     if others:
-        also = "; ".join(f"line {line_of(index, o)}: {_dotted(o)}: {m}" for o, (m, _, _) in others)
+        also = "; ".join(
+            (f"line {line_of(index, o)}: " if index is not None else "") + f"{_dotted(o)}: {m}"
+            for o, (m, _, _) in others
+        )
         message = f"{message} [also {also}]"
     return ConfigError(message, path=file, line=line, field=_dotted(loc) or None, hint=hint)
 

@@ -125,7 +125,11 @@ def plan_job(
     """What ``compile_job(spec, …)`` would send, priced; nothing persisted, nothing spent.
 
     Requests the real ledger has answered count as already answered (unless ``refresh``).
-    Requests it holds in another state (queued, submitted) are counted as to send.
+    Requests it holds in another state (queued, submitted) are counted as to send. Rows are
+    counted as new, changed or unchanged against the real ledger's row → request mapping.
+
+    With ``[policy] cache = false`` a run salts its ids with its own identity, so nothing is
+    answered from the ledger: every row is to send, and the rows seen before count as changed.
     """
     builder = RequestBuilder(spec, model=model)
     table = load_prices() if prices is None else prices
@@ -134,7 +138,7 @@ def plan_job(
         Ledger.open(Path(scratch_dir) / "plan.sqlite") as scratch,
     ):
         scratch.record_job(spec.name, spec_hash(spec), spec_json(spec))
-        tally = record_rows_and_requests(spec, scratch, builder)
+        tally = record_rows_and_requests(spec, scratch, builder, previous=ledger_for_answers)
         report = CompileReport(
             job=spec.name,
             model=builder.model,
@@ -142,7 +146,15 @@ def plan_job(
             ok=tally.ok,
             rejected=tally.rejected,
             unique_requests=sum(scratch.request_counts(spec.name).values()),
+            new_rows=tally.new_rows,
+            changed_rows=tally.changed_rows,
+            unchanged_rows=tally.unchanged_rows,
         )
+        if not spec.policy.cache:
+            # A run salts with its own identity (not known here): every known row changes.
+            report.changed_rows += report.unchanged_rows
+            report.unchanged_rows = 0
+            refresh = True
         _size_shards(spec, scratch, ledger_for_answers, report, refresh=refresh)
         rejections = [
             {"row_key": key, "row_index": index, "reason": reason}
@@ -151,6 +163,11 @@ def plan_job(
     report.new_requests = report.to_send
     plan = _price(spec, report, table)
     plan.rejections = rejections
+    if not spec.policy.cache:
+        plan.warnings.append(
+            "cache = false: each run asks every request afresh (ids salted with the run's "
+            "identity), so nothing is answered from the ledger"
+        )
     return plan
 
 

@@ -8,6 +8,7 @@ flex, budget). Durations are written the way people say them: ``"36h"``, ``"90m"
     completion_window = "48h"
     max_lines_per_shard = 20000
     deadline = "36h"
+    retry_invalid_output = 1              # ask again once when an answer does not fit
 
     [policy.fallback]
     triggers = ["expired", "missing", "deadline"]
@@ -157,7 +158,14 @@ class PolicySpec(_Table):
     mode: Literal["batch", "sync"] = "batch"
     """``batch``: through the Batch API. ``sync``: straight through the fallback path."""
     cache: bool = True
-    """Reuse answers already in the ledger for identical requests (by ``custom_id``)."""
+    """Reuse answers already in the ledger for identical requests (by ``custom_id``). With
+    ``false``, every run salts its ids with its identity (``--run-name``, else the run id), so
+    each run asks afresh — what an evaluation wants (see :mod:`pipeline.evaluate`)."""
+    retry_invalid_output: int = Field(default=0, ge=0, le=20)
+    """When an answer does not parse or fit the output schema (or Groq answers 400
+    ``json_validate_failed``): 0 fails the request with ``invalid_output: <reason>``; N sends it
+    again through the fallback while it has made at most N attempts in all (so at most N
+    retries), within ``[policy.fallback].max_attempts``."""
     fallback: FallbackSpec = FallbackSpec()
     budget: BudgetSpec = BudgetSpec()
 

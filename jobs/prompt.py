@@ -31,6 +31,7 @@ __all__ = [
     "PromptSpec",
     "ResponseFormat",
     "TextFormat",
+    "load_model_class",
     "load_schema_model",
 ]
 
@@ -65,6 +66,13 @@ def load_schema_model(ref: str, base_dir: str) -> dict[str, Any]:
     The config's folder is put on ``sys.path`` while importing, so a ``schemas.py`` next
     to the config can be named as ``"schemas:Invoice"``.
     """
+    schema: dict[str, Any] = load_model_class(ref, base_dir).model_json_schema()
+    return schema
+
+
+@lru_cache(maxsize=64)
+def load_model_class(ref: str, base_dir: str) -> type[BaseModel]:
+    """The pydantic model class named ``"package.module:Class"`` (see :func:`load_schema_model`)."""
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise ValueError(f"{ref!r} is not of the form 'module:Class'")
@@ -83,8 +91,7 @@ def load_schema_model(ref: str, base_dir: str) -> dict[str, Any]:
         target = getattr(target, part, None)
     if not (isinstance(target, type) and issubclass(target, BaseModel)):
         raise ValueError(f"{ref!r} is not a pydantic model class")
-    schema: dict[str, Any] = target.model_json_schema()
-    return schema
+    return target
 
 
 class TextFormat(_Table):

@@ -44,6 +44,7 @@ from pydantic import (
     model_validator,
 )
 
+from jobs.evaluate import EvaluateSpec
 from jobs.policy import PolicySpec, field_error
 from jobs.prompt import PromptSpec
 
@@ -180,6 +181,9 @@ class JobSpec(_Table):
     policy: PolicySpec = PolicySpec()
     output: OutputSpec = OutputSpec()
     local: LocalServerSpec = LocalServerSpec()
+    evaluate: EvaluateSpec | None = None
+    """``[evaluate]``: score answers against a reference column, per run (see
+    :mod:`jobs.evaluate`)."""
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

@@ -1,7 +1,66 @@
-"""groqbatch: run LLM work in bulk through the Groq Batch API."""
+"""groqbatch: run LLM work in bulk through the Groq Batch API.
+
+The public Python API (see :mod:`pipeline.api`)::
+
+    import pipeline as groqbatch
+    summary = groqbatch.run("configs/quickstart.toml")
+
+Names are imported on first use, so ``import pipeline`` stays cheap and the CLI starts fast.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_API = {
+    "job_from_dict": "pipeline.api",
+    "load": "pipeline.api",
+    "plan": "pipeline.api",
+    "results": "pipeline.api",
+    "results_frame": "pipeline.api",
+    "run": "pipeline.api",
+    "run_async": "pipeline.api",
+    "RunSummary": "pipeline.runner",
+    "JobSpec": "jobs",
+    "PlanReport": "jobs",
+    "GroqClient": "pipeline.client",
+    "GroqBatchError": "pipeline.errors",
+    "ConfigError": "pipeline.errors",
+}
+
+__all__ = [
+    "ConfigError",
+    "GroqBatchError",
+    "GroqClient",
+    "JobSpec",
+    "PlanReport",
+    "RunSummary",
+    "__version__",
+    "job_from_dict",
+    "load",
+    "plan",
+    "results",
+    "results_frame",
+    "run",
+    "run_async",
+]
+
+if TYPE_CHECKING:
+    from jobs import JobSpec, PlanReport
+    from pipeline.api import job_from_dict, load, plan, results, results_frame, run, run_async
+    from pipeline.client import GroqClient
+    from pipeline.errors import ConfigError, GroqBatchError
+    from pipeline.runner import RunSummary
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import anyio
 
 from jobs import JobSpec, load_prices, price_for
+from jobs.outputs import OutputValidator
 from state import Ledger, ShardStep
 
 from .backend import open_client
+from .client import GroqClient
 from .errors import PermanentAPIError
 from .planning import resolve_model
 from .poll import PollInterval, poll_batches
@@ -31,26 +33,41 @@ class CancelReport:
     retryable: int = 0
 
 
+CANCELLING_OR_SETTLED = frozenset({"cancelling", "cancelled", "completed", "expired", "failed"})
+
+
+async def cancel_in_flight(ledger: Ledger, client: GroqClient, job: str) -> tuple[int, int]:
+    """Ask for every in-flight batch of ``job`` to be cancelled (once: a batch already
+    cancelling is left alone). Returns (cancelled, already settled)."""
+    cancelled = settled = 0
+    for shard in ledger.shards(job):
+        if shard["step"] != ShardStep.SUBMITTED or shard["batch_status"] in CANCELLING_OR_SETTLED:
+            continue
+        try:
+            batch = await client.cancel_batch(shard["batch_id"])
+        except PermanentAPIError:
+            settled += 1  # it settled meanwhile: poll and reconcile take it from here
+            continue
+        ledger.set_shard_step(shard["key"], ShardStep.SUBMITTED, ShardStep.SUBMITTED,
+                              batch_status=batch.status)
+        cancelled += 1
+    return cancelled, settled
+
+
 async def cancel_job(spec: JobSpec, *, wait: bool = True, timeout_s: float = 900.0) -> CancelReport:
     report = CancelReport()
     with Ledger.open(spec.ledger_target) as ledger:
         price = price_for(resolve_model(spec, ledger), load_prices())
         async with open_client(spec) as client:
-            for shard in ledger.shards(spec.name):
-                if shard["step"] != ShardStep.SUBMITTED:
-                    continue
-                try:
-                    await client.cancel_batch(shard["batch_id"])
-                    report.cancelled += 1
-                except PermanentAPIError:
-                    report.already_settled += 1  # settled meanwhile: reconcile takes it
+            report.cancelled, report.already_settled = await cancel_in_flight(ledger, client, spec.name)
             reconciled = ReconcileReport()
             interval = PollInterval(spec.policy.poll_interval_min_s, spec.policy.poll_interval_max_s)
             with anyio.move_on_after(timeout_s if wait else 0):
                 while True:
                     polled = await poll_batches(ledger, client, spec.name)
                     reconciled.add(await reconcile_shards(ledger, client, spec.name,
-                                                          spec.workdir_path / "downloads", price))
+                                                          spec.workdir_path / "downloads", price,
+                                                          outputs=OutputValidator.for_job(spec)))
                     left = [s for s in ledger.shards(spec.name) if s["step"] == ShardStep.SUBMITTED]
                     if not left or not wait:
                         break

@@ -144,7 +144,13 @@ def validate(configs: tuple[Path, ...], as_json: bool) -> None:
     from jobs import load_job
     from jobs.check import check_job
 
-    reports = [check_job(load_job(path), config_path=str(path)).as_dict() for path in configs]
+    from .planning import resolve_job_model
+
+    reports = []
+    for path in configs:
+        spec = load_job(path)
+        model = resolve_job_model(spec, config=path)  # an unknown adapter fails here
+        reports.append(check_job(spec, config_path=str(path), model=model).as_dict())
     if as_json:
         echo_json(reports if len(reports) > 1 else reports[0])
         return
@@ -246,3 +252,248 @@ def cancel(config: Path, no_wait: bool, as_json: bool) -> None:
                    f"reconciled {report.reconciled_shards} shards: {report.succeeded} answers kept, "
                    f"{report.retryable} requests left undone"
                    + (f"; {report.still_cancelling} still cancelling" if report.still_cancelling else ""))
+
+
+@main.command()
+@config_argument
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML page (a chart per scorer) to this file.")
+@click.option("--last", type=click.IntRange(min=1), default=None,
+              help="Only the last N scored runs.")
+@json_option
+def report(config: Path, html_path: Path | None, last: int | None, as_json: bool) -> None:
+    """An evaluation job's metrics per run and their trend, from the ledger alone."""
+    from jobs import load_job
+
+    from .render import print_report
+    from .report import evaluation_report, render_html, write_html
+
+    result = evaluation_report(load_job(config), last=last)
+    if html_path is not None:
+        write_html(html_path, render_html(result))
+    if as_json:
+        echo_json(result)
+        return
+    print_report(result)
+    if html_path is not None:
+        click.echo(f"wrote {html_path}", err=True)
+
+
+@main.command()
+@config_argument
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of [output].path.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]),
+              help="Default: from the path's suffix. Parquet needs `pip install 'groqbatch[parquet]'`.")
+@click.option("--only-succeeded", is_flag=True, help="Leave out failed, rejected and open rows.")
+@click.option("--since-last", is_flag=True,
+              help="Only rows answered since the job's last export.")
+@json_option
+def export(config: Path, output: Path | None, fmt: str | None, only_succeeded: bool,
+           since_last: bool, as_json: bool) -> None:
+    """Write results joined to the input rows (every column, answer, parsed fields, status,
+    error, tokens, tier) as JSONL, CSV or Parquet, atomically."""
+    from jobs import load_job
+
+    from .export import export_config
+
+    result = export_config(load_job(config), path=output, format=fmt,
+                           only_succeeded=only_succeeded, since_last=since_last)
+    if as_json:
+        echo_json(result.as_dict())
+        return
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(result.statuses.items()))
+    left_out = f"; {result.left_out} left out" if result.left_out else ""
+    since = f" (answered since {result.since})" if result.since else ""
+    click.echo(f"exported {result.rows} rows of job {result.job!r}{since} to {result.path} "
+               f"({result.format}){': ' + counts if counts else ''}{left_out}")
+
+
+# -- LoRA adapters -------------------------------------------------------------------------------
+
+
+@main.group()
+def adapters() -> None:
+    """LoRA adapters: pack a fine-tuning folder, validate, upload and register, list, delete.
+
+    Jobs use one with `adapter = "NAME"` in their config, resolved from their ledger.
+    `upload`, `list`, `show` and `delete` act on an account and record in a ledger: give
+    `--config CONFIG` (that job's backend and ledger) or `--ledger PATH` with `--backend`.
+    """
+
+
+def base_model_option(func: F) -> F:
+    return click.option("--base-model", help="The Groq base model the adapter is for "
+                        "(default: the one adapter_config.json names).")(func)
+
+
+def adapter_home_options(func: F) -> F:
+    """``--config`` or ``--ledger``/``--backend``/``--base-url``: where adapters are recorded."""
+    options = [
+        click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+                     help="A job config: use its backend, base_url and ledger (with backend "
+                          "\"local\", its in-process server's data_dir)."),
+        click.option("--ledger", "ledger", help="A ledger path or SQLAlchemy URL (instead of "
+                     "--config)."),
+        click.option("--backend", type=click.Choice(["groq", "local"]), default=None,
+                     help="With --ledger: groq (default; $GROQ_API_KEY) or local (a running "
+                          "`groqbatch serve` at --base-url)."),
+        click.option("--base-url", envvar="GROQ_BASE_URL", default=None,
+                     help="With --ledger: the API's base URL [env GROQ_BASE_URL]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _adapter_home(config: Path | None, ledger: str | None, backend: str | None,
+                  base_url: str | None) -> Any:
+    from .adapters import AdapterHome
+
+    if config is not None:
+        typed_url = (click.get_current_context().get_parameter_source("base_url")
+                     is click.core.ParameterSource.COMMANDLINE)
+        if ledger is not None or backend is not None or typed_url:
+            raise click.UsageError("give --config, or --ledger with --backend [--base-url], "
+                                   "not both")
+        return AdapterHome.from_config(config)
+    if ledger is None:
+        raise click.UsageError("where is the adapter recorded? give --config CONFIG "
+                               "(a job's backend and ledger) or --ledger PATH --backend groq|local")
+    return AdapterHome.standalone(ledger, "local" if backend == "local" else "groq", base_url)
+
+
+def _run_on_home(home: Any, operation: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    import anyio
+
+    async def go() -> Any:
+        async with home.open() as (ledger, client):
+            return await operation(ledger, client, *args, **kw)
+
+    return anyio.run(go)
+
+
+@adapters.command("pack")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("adapter.zip"), show_default=True, help="The zip to write.")
+@base_model_option
+@json_option
+def adapters_pack(folder: Path, output: Path, base_model: str | None, as_json: bool) -> None:
+    """Build Groq's adapter zip from a PEFT-style folder (float16 weights + config).
+
+    BF16/F32 tensors are converted to float16 (and said so); what cannot be made right —
+    a `.bin` pickle, rank not 8/16/32/64, no lora_alpha, values beyond float16 — is refused.
+    Needs `pip install 'groqbatch[lora]'`.
+    """
+    from .adapter_pack import pack_adapter
+
+    report = pack_adapter(folder, output, base_model=base_model)
+    if as_json:
+        echo_json(report.as_dict())
+        return
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    if report.left_out:
+        click.echo(f"note: left out {', '.join(report.left_out)}", err=True)
+    click.echo(f"{report.output}: {report.tensors} float16 tensors, r={report.rank}, "
+               f"lora_alpha={report.alpha:g}, base model {report.base_model or 'not named'} "
+               f"({report.bytes:,} bytes)")
+
+
+@adapters.command("validate")
+@click.argument("zip_path", metavar="ZIP", type=click.Path(dir_okay=False, path_type=Path))
+@base_model_option
+@json_option
+def adapters_validate(zip_path: Path, base_model: str | None, as_json: bool) -> None:
+    """Check an adapter zip as Groq does, reading headers only. Exit 2 naming each problem."""
+    from .adapter_zip import check_adapter_zip
+
+    info = check_adapter_zip(zip_path, base_model=base_model)
+    if as_json:
+        echo_json(info.as_dict())
+        return
+    base = info.base_model or base_model
+    click.echo(f"{zip_path}: a valid Groq LoRA adapter — {info.tensors} float16 tensors "
+               f"({info.weights_bytes:,} bytes), r={info.rank}, lora_alpha={info.alpha:g}, "
+               f"base model {base or 'not named'}")
+
+
+@adapters.command("upload")
+@click.argument("zip_path", metavar="ZIP", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="The adapter's name; jobs say adapter = \"NAME\".")
+@base_model_option
+@adapter_home_options
+@json_option
+def adapters_upload(zip_path: Path, name: str, base_model: str | None, config: Path | None,
+                    ledger: str | None, backend: str | None, base_url: str | None,
+                    as_json: bool) -> None:
+    """Validate, upload (purpose fine_tuning), register, and record the ft: model id as NAME."""
+    from .adapters import upload_adapter
+
+    home = _adapter_home(config, ledger, backend, base_url)
+    report = _run_on_home(home, upload_adapter, zip_path, name=name, base_model=base_model)
+    if as_json:
+        echo_json(report.as_dict())
+        return
+    how = "adopted (an earlier upload had registered it)" if report.adopted else "registered"
+    click.echo(f"adapter {name!r} {how} on {home.describe()}; recorded in {home.ledger_target}",
+               err=True)
+    click.echo(report.record.model_id)
+
+
+@adapters.command("list")
+@adapter_home_options
+@json_option
+def adapters_list(config: Path | None, ledger: str | None, backend: str | None,
+                  base_url: str | None, as_json: bool) -> None:
+    """The account's adapters, with the ledger brought in step (adopting, marking deleted)."""
+    from .adapters import sync_adapters
+
+    listing = _run_on_home(_adapter_home(config, ledger, backend, base_url), sync_adapters)
+    if as_json:
+        echo_json(listing.as_dict())
+        return
+    for record in listing.adapters:
+        click.echo(f"{record.name}\t{record.model_id or '(upload not finished)'}\t"
+                   f"{record.base_model}\t{record.fine_tuning_id or '-'}")
+    if not listing.adapters:
+        click.echo("no adapters", err=True)
+    for name in listing.adopted:
+        click.echo(f"note: {name!r} was on the account, not in the ledger: recorded", err=True)
+    for name in listing.gone:
+        click.echo(f"note: {name!r} is no longer on the account: marked deleted", err=True)
+
+
+@adapters.command("show")
+@click.argument("name")
+@adapter_home_options
+@json_option
+def adapters_show(name: str, config: Path | None, ledger: str | None, backend: str | None,
+                  base_url: str | None, as_json: bool) -> None:
+    """One adapter: its ft: model id, base model, fine tuning and file, as the account has it."""
+    from .adapters import show_adapter
+
+    details = _run_on_home(_adapter_home(config, ledger, backend, base_url), show_adapter, name)
+    if as_json:
+        echo_json(details)
+        return
+    for key in ("name", "model_id", "base_model", "fine_tuning_id", "file_id", "created_at"):
+        click.echo(f"{key}: {details.get(key)}")
+
+
+@adapters.command("delete")
+@click.argument("name")
+@adapter_home_options
+@json_option
+def adapters_delete(name: str, config: Path | None, ledger: str | None, backend: str | None,
+                    base_url: str | None, as_json: bool) -> None:
+    """Delete the adapter from the account and mark it deleted; jobs naming it stop validating."""
+    from .adapters import delete_adapter
+
+    report = _run_on_home(_adapter_home(config, ledger, backend, base_url), delete_adapter, name)
+    if as_json:
+        echo_json(report.as_dict())
+        return
+    gone = " (it was gone from the account already)" if report.already_gone else ""
+    click.echo(f"adapter {name!r} deleted{gone}: {report.model_id or 'no ft: model'}")

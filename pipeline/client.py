@@ -268,9 +268,10 @@ class GroqClient:
 
     # -- files ------------------------------------------------------------------------------------
 
-    async def upload_file(self, path: Path, *, filename: str, purpose: str = "batch") -> RemoteFile:
+    async def upload_file(self, path: Path, *, filename: str, purpose: str = "batch",
+                          retry: RetryPolicy | None = None) -> RemoteFile:
         """Upload a file from disk (multipart). ``filename`` is what the remote listing shows."""
-        async for attempt in self.retry.retrying():
+        async for attempt in (retry or self.retry).retrying():
             with attempt, path.open("rb") as handle:
                 response = await self._send(
                     "POST", f"{OPENAI_PREFIX}/files",
@@ -330,10 +331,12 @@ class GroqClient:
 
     async def create_batch(self, input_file_id: str, *, completion_window: str,
                            metadata: Mapping[str, str] | None = None,
-                           endpoint: str = "/v1/chat/completions") -> RemoteBatch:
+                           endpoint: str = "/v1/chat/completions",
+                           retry: RetryPolicy | None = None) -> RemoteBatch:
         body = {"input_file_id": input_file_id, "endpoint": endpoint,
                 "completion_window": completion_window, "metadata": dict(metadata or {})}
-        return RemoteBatch.from_api(await self._json("POST", f"{OPENAI_PREFIX}/batches", json=body))
+        data = await self._json("POST", f"{OPENAI_PREFIX}/batches", json=body, retry=retry)
+        return RemoteBatch.from_api(data)
 
     async def get_batch(self, batch_id: str) -> RemoteBatch:
         return RemoteBatch.from_api(await self._json("GET", f"{OPENAI_PREFIX}/batches/{batch_id}"))

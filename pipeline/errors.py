@@ -2,7 +2,8 @@
 
     GroqBatchError
     ├── ConfigError              fix the job config or its input, then run again   (exit 2)
-    │   └── InputError           a row or file of the input dataset is unusable
+    │   ├── InputError           a row or file of the input dataset is unusable
+    │   └── AdapterError         a LoRA adapter folder or zip is not what Groq takes
     ├── LedgerError              the ledger cannot be used as it is                (exit 3)
     │   └── SchemaVersionError   written by another groqbatch version; not misread
     ├── APIError                 the Groq API (or the local server) said no
@@ -27,6 +28,7 @@ from typing import Any
 
 __all__ = [
     "APIError",
+    "AdapterError",
     "AuthenticationError",
     "BudgetExhaustedError",
     "CapacityExceededError",
@@ -92,6 +94,18 @@ class ConfigError(GroqBatchError):
 
 class InputError(ConfigError):
     """An input dataset file cannot be read (bad encoding, broken JSONL line, missing column)."""
+
+
+class AdapterError(ConfigError):
+    """A LoRA adapter (folder or zip) Groq would refuse. ``problems`` names each one; ``path``
+    the folder or zip they are about."""
+
+    def __init__(self, problems: list[str] | tuple[str, ...], *, path: str | Path | None = None,
+                 hint: str | None = None) -> None:
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        head = "not a valid Groq LoRA adapter" if count == 1 else f"{count} problems"
+        super().__init__(f"{head}: " + "; ".join(self.problems), path=path, hint=hint)
 
 
 class LedgerError(GroqBatchError):

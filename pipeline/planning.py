@@ -28,13 +28,29 @@ def resolve_model(spec: JobSpec, ledger: Ledger | None, *, config: str | Path | 
     assert spec.adapter is not None  # the spec guarantees one of the two
     model = ledger.adapter_model(spec.adapter) if ledger is not None else None
     if model is None:
+        earlier = ledger.adapter(spec.adapter) if ledger is not None else None
+        why = ("it was deleted" if earlier is not None and earlier.deleted_at is not None
+               else "the ledger has no live adapter by that name")
         raise ConfigError(
-            f"unknown adapter {spec.adapter!r}: the ledger has no live adapter by that name",
+            f"unknown adapter {spec.adapter!r}: {why}",
             path=config,
             field="adapter",
             hint="register it with `groqbatch adapters upload ZIP --name NAME`",
         )
     return model
+
+
+def resolve_job_model(spec: JobSpec, *, config: str | Path | None = None) -> str:
+    """:func:`resolve_model` against the job's own ledger, read only if the job names an adapter
+    (and only if it exists): an unknown or deleted adapter is a ConfigError, spending nothing."""
+    if spec.model is not None:
+        return spec.model
+    ledger = existing_ledger(spec)
+    try:
+        return resolve_model(spec, ledger, config=config)
+    finally:
+        if ledger is not None:
+            ledger.close()
 
 
 def plan_config(config: str | Path, *, refresh: bool = False) -> PlanReport:

@@ -11,6 +11,7 @@ while nothing changes, and drops back to the minimum when something does.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import orjson
@@ -18,6 +19,10 @@ import orjson
 from state import Ledger, ShardStep
 
 from .client import GroqClient, RemoteBatch
+from .errors import RetryableAPIError
+from .faultpoints import crash_point
+
+log = logging.getLogger("groqbatch.poll")
 
 
 @dataclass(slots=True)
@@ -28,6 +33,8 @@ class PollReport:
     settled: list[str] = field(default_factory=list)
     """Shard keys that settled in this round."""
     statuses: dict[str, int] = field(default_factory=dict)
+    failed_calls: int = 0
+    """Calls whose retries ran out this round (the batches are asked for again next round)."""
 
 
 async def poll_batches(ledger: Ledger, client: GroqClient, job: str) -> PollReport:
@@ -35,8 +42,15 @@ async def poll_batches(ledger: Ledger, client: GroqClient, job: str) -> PollRepo
     in_flight = {s["batch_id"]: s for s in ledger.shards(job) if s["step"] == ShardStep.SUBMITTED}
     if not in_flight:
         return report
-    batches = await client.get_batches(list(in_flight))
     report.calls = -(-len(in_flight) // 200)
+    try:
+        batches = await client.get_batches(list(in_flight))
+    except RetryableAPIError as exc:
+        # The client's retries ran out (an outage, not a refusal): nothing is known this round,
+        # so nothing changes; the next round asks again.
+        report.failed_calls = report.calls
+        log.warning("polling %d batches of %s: %s; will try again", len(in_flight), job, exc)
+        return report
     report.polled = len(batches)
     for batch in batches:
         shard = in_flight.get(batch.id)
@@ -50,6 +64,7 @@ async def poll_batches(ledger: Ledger, client: GroqClient, job: str) -> PollRepo
                                   output_file_id=batch.output_file_id,
                                   error_file_id=batch.error_file_id)
             report.settled.append(shard["key"])
+            crash_point("after_settle")
             report.changed += 1
         elif batch.status != shard["batch_status"] or _stored_counts(shard) != counts:
             ledger.set_shard_step(shard["key"], ShardStep.SUBMITTED, ShardStep.SUBMITTED,

@@ -6,6 +6,9 @@ upsert on ``custom_id``, so a line read twice (a duplicate, or a file read again
 crash) changes nothing. What the API returned is kept as it is; nothing is invented:
 
 - ``response.status_code == 200`` → succeeded, with the body, tokens and the batch-priced cost;
+  when the job has an output schema, its parsed output too — or, for an answer that does not
+  parse or fit (and for Groq's 400 ``json_validate_failed``), an invalid output, failed or
+  retryable per ``[policy] retry_invalid_output`` (:mod:`jobs.outputs`);
 - ``response.status_code >= 400`` → retryable for 408/409/429/498/5xx, else failed, with the
   body kept whole;
 - ``response: null`` with an ``error`` (``batch_expired``, ``batch_cancelled``,
@@ -31,10 +34,18 @@ import anyio
 import orjson
 
 from jobs import Price
+from jobs.outputs import (
+    OutputValidator,
+    invalid_output_error,
+    is_invalid_output,
+    json_validate_failed,
+)
 from state import Ledger, QuarantineRecord, RequestStatus, ResultRecord, ResultSource, ShardStep
 from state.status import AWAITING_ANSWER
 
 from .client import GroqClient
+from .errors import RetryableAPIError
+from .faultpoints import crash_point
 
 log = logging.getLogger("groqbatch.reconcile")
 
@@ -61,6 +72,10 @@ class ReconcileReport:
     missing: int = 0
     quarantined: int = 0
     duplicates: int = 0
+    deferred: int = 0
+    """Settled shards whose files could not be downloaded this round; the next one tries again."""
+    invalid_output: int = 0
+    """Answers that did not parse or fit the output schema (also counted as failed or retryable)."""
 
     def add(self, other: ReconcileReport) -> None:
         for name in self.__slots__:
@@ -68,26 +83,43 @@ class ReconcileReport:
 
 
 async def reconcile_shards(ledger: Ledger, client: GroqClient, job: str, download_dir: Path,
-                           price: Price | None) -> ReconcileReport:
-    """Reconcile every settled shard of ``job``."""
+                           price: Price | None, *,
+                           outputs: OutputValidator | None = None) -> ReconcileReport:
+    """Reconcile every settled shard of ``job``.
+
+    A shard whose files cannot be had now (the client's retries ran out on a dropped or cut-short
+    download, a 5xx) stays ``settled``: the next round tries it again, as submit does.
+    """
     total = ReconcileReport()
     for shard in ledger.shards(job):
         if shard["step"] == ShardStep.SETTLED:
-            total.add(await reconcile_shard(ledger, client, shard, download_dir, price))
+            try:
+                total.add(await reconcile_shard(ledger, client, shard, download_dir, price,
+                                                outputs=outputs))
+            except RetryableAPIError as exc:
+                total.deferred += 1
+                log.warning("shard %s: %s; will try again", shard["key"], exc)
     return total
 
 
 async def reconcile_shard(ledger: Ledger, client: GroqClient, shard: Mapping[str, Any],
-                          download_dir: Path, price: Price | None) -> ReconcileReport:
+                          download_dir: Path, price: Price | None, *,
+                          outputs: OutputValidator | None = None) -> ReconcileReport:
     report = ReconcileReport(shards=1)
     await anyio.Path(download_dir).mkdir(parents=True, exist_ok=True)
+    # Both files are downloaded before either is applied: a download that fails for good then
+    # leaves the ledger untouched, and the next try counts every line once.
+    downloaded: list[tuple[str, Path]] = []
     for file_id in (shard["output_file_id"], shard["error_file_id"]):
         if not file_id:
             continue
         dest = download_dir / f"{file_id}.jsonl"
         size = (await client.get_file(file_id)).bytes
         await client.download_file(file_id, dest, expected_bytes=size or None)
-        part = await anyio.to_thread.run_sync(apply_file, ledger, dest, shard, file_id, price)
+        downloaded.append((file_id, dest))
+    for file_id, dest in downloaded:
+        part = await anyio.to_thread.run_sync(apply_file, ledger, dest, shard, file_id, price,
+                                              outputs)
         report.add(part)
         dest.unlink(missing_ok=True)
     if shard["batch_status"] == "failed":
@@ -95,11 +127,12 @@ async def reconcile_shard(ledger: Ledger, client: GroqClient, shard: Mapping[str
     report.missing = ledger.transition_shard(shard["key"], RequestStatus.SUBMITTED,
                                              RequestStatus.RETRYABLE, last_error=MISSING)
     ledger.set_shard_step(shard["key"], ShardStep.SETTLED, ShardStep.RECONCILED)
+    crash_point("after_reconcile")
     return report
 
 
 def apply_file(ledger: Ledger, path: Path, shard: Mapping[str, Any], file_id: str,
-               price: Price | None) -> ReconcileReport:
+               price: Price | None, outputs: OutputValidator | None = None) -> ReconcileReport:
     """Read one downloaded output/error file into the ledger, a chunk per transaction."""
     report = ReconcileReport()
     batch_id: str | None = shard["batch_id"]
@@ -116,31 +149,38 @@ def apply_file(ledger: Ledger, path: Path, shard: Mapping[str, Any], file_id: st
                 if not raw.strip():
                     continue
                 report.lines += 1
-                result = _parse_line(raw, batch_id, price)
+                result = _parse_line(raw, batch_id, price, outputs)
                 if isinstance(result, str):
                     bad.append(quarantined(raw, result, line_no))
                 else:
                     parsed.append((line_no, raw, result))
-            known = ledger.statuses(result.custom_id for _, _, result in parsed)
-            kept: list[ResultRecord] = []
+            # One look-up of the chunk's ids, in the transaction that stores the answers: the
+            # status each known id had before (an id the ledger never sent is not in it).
+            known = ledger.record_result_chunk(result for _, _, result in parsed)
             for line_no, raw, result in parsed:
-                if result.custom_id in known:
-                    kept.append(result)
-                else:
+                status = known.get(result.custom_id)
+                if status is None:
                     bad.append(quarantined(raw, f"unknown custom_id {result.custom_id!r}", line_no))
-            ledger.record_results(kept)
-            for result in kept:
-                if known[result.custom_id] in AWAITING_ANSWER and result.custom_id not in counted:
+                elif status in AWAITING_ANSWER and result.custom_id not in counted:
                     counted.add(result.custom_id)
                     setattr(report, result.outcome.value, getattr(report, result.outcome.value) + 1)
+                    report.invalid_output += is_invalid_output(result.error)
                 else:
                     report.duplicates += 1
             report.quarantined += ledger.quarantine(bad)
+            crash_point("mid_reconcile")
     return report
 
 
-def _parse_line(raw: bytes, batch_id: str | None, price: Price | None) -> ResultRecord | str:
-    """A result, or the reason the line goes to the quarantine."""
+def _parse_line(raw: bytes, batch_id: str | None, price: Price | None,
+                outputs: OutputValidator | None = None) -> ResultRecord | str:
+    """A result, or the reason the line goes to the quarantine.
+
+    With ``outputs`` (the job's output schema), a 200 answer is parsed and checked: one that
+    fits carries its parsed output, one that does not — or Groq's 400 ``json_validate_failed``
+    — is an invalid output (failed, or retryable per ``[policy] retry_invalid_output``), its
+    body kept whole (see :mod:`jobs.outputs`).
+    """
     try:
         line = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -161,14 +201,22 @@ def _parse_line(raw: bytes, batch_id: str | None, price: Price | None) -> Result
             usage = body.get("usage") or {}
             prompt = int(usage.get("prompt_tokens") or 0)
             completion = int(usage.get("completion_tokens") or 0)
-        error_text = None
-        if outcome is not RequestStatus.SUCCEEDED:
+        error_text = parsed = None
+        if outcome is RequestStatus.SUCCEEDED and outputs is not None:
+            verdict = outputs.judge(body)
+            parsed, error_text = verdict.parsed, verdict.invalid
+            if error_text is not None:
+                outcome = outputs.invalid_outcome  # answered (and paid for), but not usable
+        elif outcome is RequestStatus.FAILED and (reason := json_validate_failed(body)):
+            error_text = invalid_output_error(reason)
+            outcome = outputs.invalid_outcome if outputs is not None else RequestStatus.FAILED
+        elif outcome is not RequestStatus.SUCCEEDED:
             inner = body.get("error") if isinstance(body, dict) else None
             error_text = orjson.dumps(inner if inner is not None else body).decode()
         return ResultRecord(
             custom_id, outcome, ResultSource.BATCH, status_code=status,
             body=orjson.dumps(body) if body is not None else None, error=error_text,
-            batch_id=batch_id, prompt_tokens=prompt, completion_tokens=completion,
+            parsed=parsed, batch_id=batch_id, prompt_tokens=prompt, completion_tokens=completion,
             cost_usd=price.cost(prompt, completion, "batch") if price else 0.0,
         )
     if isinstance(error, dict):

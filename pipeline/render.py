@@ -13,7 +13,10 @@ from .runner import Progress, RunSummary
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # logs and pipes: do not squeeze tables into 80 columns
+        console = Console(highlight=False, soft_wrap=True, width=160)
+    return console
 
 
 def human_bytes(size: int) -> str:
@@ -34,6 +37,8 @@ def print_plan(plan: PlanReport) -> None:
     table.add_row("input rows", f"{report.rows:,}")
     table.add_row("rows that become requests", f"{report.ok:,}")
     table.add_row("rows rejected", f"{report.rejected:,}")
+    table.add_row("rows new / changed / unchanged",
+                  f"{report.new_rows:,} / {report.changed_rows:,} / {report.unchanged_rows:,}")
     table.add_row("unique requests", f"{report.unique_requests:,}")
     table.add_row("already answered (cached)", f"{report.already_answered:,}")
     table.add_row("to send", f"{report.to_send:,}")
@@ -126,9 +131,22 @@ def print_run_summary(summary: RunSummary) -> None:
     console.print(f"  shards: {shards}; {summary.poll_calls} poll calls in {summary.rounds} rounds")
     if summary.reconciled.get("quarantined"):
         console.print(f"  quarantined lines: {summary.reconciled['quarantined']} (kept whole in the ledger)")
+    flex = summary.fallback
+    if flex.get("sent"):
+        seen = ", ".join(f"{n} x {code}" for code, n in sorted(flex["status_counts"].items())) or "none"
+        console.print(f"  fallback ({flex['tier']}): {flex['sent']:,} calls, {flex['succeeded']:,} succeeded, "
+                      f"{flex['failed']:,} failed, {flex['requeued']:,} retried; errors seen: {seen}; "
+                      f"{flex['pace_rps']:.1f} req/s; cost ${flex['cost_usd']:.6f}")
     console.print(f"  tokens: {int(t['prompt_tokens']):,} prompt + {int(t['completion_tokens']):,} completion; "
                   f"cost ${t['cost_usd']:.6f}")
     console.print(f"  results: in the ledger {summary.ledger}")
+    evaluation = summary.evaluation
+    if evaluation is not None:
+        if evaluation.get("skipped"):
+            console.print(f"  evaluation: {evaluation['skipped']}")
+        else:
+            means = ", ".join(f"{name} {_mean(m['mean'])}" for name, m in evaluation["metrics"].items())
+            console.print(f"  evaluation: {evaluation['answered']:,}/{evaluation['rows']:,} answered; {means}")
     for note in summary.notes:
         console.print(f"  note: {note}")
     console.print(("finished" if summary.finished else "not finished") + f" in {summary.elapsed_s:.1f}s")
@@ -152,11 +170,47 @@ def print_status(status: dict[str, Any]) -> None:
         console.print(table)
     if status["runs"]:
         table = Table(title="runs (newest first)")
-        for column in ("run", "name", "backend", "started", "finished", "succeeded", "cost"):
+        for column in ("run", "name", "backend", "started", "finished", "succeeded", "fallback",
+                       "429/498/5xx", "cost"):
             table.add_column(column)
         for run in status["runs"]:
             summary = run["summary"] or {}
+            flex = summary.get("fallback") or {}
+            codes = flex.get("status_counts") or {}
+            errors = "/".join(str(codes.get(code, 0)) for code in ("429", "498"))
+            errors += "/" + str(sum(n for code, n in codes.items() if code.startswith("5")))
             table.add_row(str(run["id"]), run["run_name"] or "—", run["backend"], run["started"],
                           run["finished"] or "—", str((summary.get("requests") or {}).get("succeeded", "—")),
+                          f"{flex.get('sent', 0)} ({flex.get('tier', '—')})", errors,
                           f"${(summary.get('totals') or {}).get('cost_usd', 0):.6f}")
         console.print(table)
+
+
+def _mean(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _delta(value: float | None) -> str:
+    return "" if value is None else f" ({value:+.3f})"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """``groqbatch report``: one row per scored run, each scorer's mean and its change."""
+    console = _console()
+    runs = report["runs"]
+    if not runs:
+        console.print(f"job {report['job']!r}: no scored runs yet in {report['ledger']}")
+        return
+    table = Table(title=f"evaluation of job {report['job']!r} (oldest first)")
+    for column in ("run", "name", "started", "answered"):
+        table.add_column(column)
+    for scorer in report["scorers"]:
+        table.add_column(scorer, justify="right")
+    for run in runs:
+        cells = [str(run["run_id"]), run["run_name"] or "—", run["started"],
+                 f"{run['answered']:,}/{run['rows']:,}"]
+        for scorer in report["scorers"]:
+            metric = run["metrics"].get(scorer)
+            cells.append("—" if metric is None else _mean(metric["mean"]) + _delta(metric["delta"]))
+        table.add_row(*cells)
+    console.print(table)

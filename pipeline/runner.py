@@ -20,15 +20,21 @@ from typing import Any
 import anyio
 
 from jobs import CompileReport, JobSpec, compile_job, load_prices, price_for, spec_hash, spec_json
+from jobs.outputs import OutputValidator
 from state import Ledger, RequestStatus, ShardStep
 
 from .backend import describe_backend, open_client
+from .cancel import cancel_in_flight
+from .deadline import deadline_passed, drop_unsubmitted, job_deadline
+from .evaluate import check_run_identity, evaluate_run, is_settled, run_identity
+from .flex import FlexReport, finish_leftovers
 from .planning import resolve_model
 from .poll import PollInterval, poll_batches
 from .reconcile import ReconcileReport, reconcile_shards
-from .submit import submit_shards
+from .submit import submit_shards, sweep_orphan_uploads
 
-IN_FLIGHT_STEPS = frozenset(step.value for step in ShardStep) - {ShardStep.RECONCILED.value}
+IN_FLIGHT_STEPS = frozenset(step.value for step in ShardStep) - {
+    ShardStep.RECONCILED.value, ShardStep.DROPPED.value}
 
 
 @dataclass(slots=True)
@@ -77,8 +83,13 @@ class RunSummary:
     rounds: int
     poll_calls: int
     left_retryable: int
-    """Requests the batch path left undone (expired, missing, retryable errors)."""
+    """Requests still retryable at the end (fallback off, a trigger off, or the budget spent)."""
+    fallback: dict[str, Any] = field(default_factory=dict)
+    deadline: str | None = None
+    budget_exhausted: str | None = None
     notes: list[str] = field(default_factory=list)
+    evaluation: dict[str, Any] | None = None
+    """``[evaluate]`` jobs: the scores recorded when this invocation finished the run."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,36 +106,66 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
                   run_name: str | None = None, config_path: str | Path | None = None,
                   on_progress: Callable[[Progress], None] | None = None) -> RunSummary:
     started = time.monotonic()
+    check_run_identity(spec, wait=wait, run_name=run_name, config_path=config_path)
     with Ledger.open(spec.ledger_target) as ledger:
+        # An unknown or deleted adapter fails here, before anything is recorded or spent.
+        model = resolve_model(spec, ledger, config=config_path)
         ledger.record_job(spec.name, spec_hash(spec), spec_json(spec))
         run_id = ledger.start_run(spec.name, spec.backend, run_name)
-        model = resolve_model(spec, ledger, config=config_path)
+        # cache = false: every run asks afresh, under ids salted with the run's identity.
+        salt = None if spec.policy.cache else run_identity(run_id=run_id, run_name=run_name)
         compiled: CompileReport = await anyio.to_thread.run_sync(
-            partial(compile_job, spec, ledger, refresh=refresh, model=model)
+            partial(compile_job, spec, ledger, refresh=refresh, model=model, salt=salt)
         )
         price = price_for(model, load_prices())
+        outputs = OutputValidator.for_job(spec)  # one rule for batch lines and flex answers
         reconciled = ReconcileReport()
+        flexed = FlexReport(tier=spec.policy.fallback.service_tier)
+        deadline = job_deadline(spec, ledger)
         interval = PollInterval(spec.policy.poll_interval_min_s, spec.policy.poll_interval_max_s)
-        rounds = poll_calls = 0
+        rounds = poll_calls = swept = 0
+        touched_uploads = False  # strays can only exist if this run uploaded or adopted a file
         async with open_client(spec) as client:
             while True:
                 rounds += 1
-                submitted = await submit_shards(ledger, client, spec.name,
-                                                completion_window=spec.policy.completion_window)
+                late = deadline_passed(deadline)
+                created = 0
+                if late:
+                    # Nothing new goes to the batch path; what is in flight is cancelled, and
+                    # whatever the cancelled batches did not finish goes to the fallback.
+                    drop_unsubmitted(ledger, spec.name)
+                    # What is left unsubmitted is a shard caught in ``submitting`` by a crash:
+                    # its batch may exist. Resolve it (adopt, else create) so it can be cancelled.
+                    resolved = await submit_shards(ledger, client, spec.name,
+                                                   completion_window=spec.policy.completion_window)
+                    created = resolved.created
+                    await cancel_in_flight(ledger, client, spec.name)
+                else:
+                    submitted = await submit_shards(ledger, client, spec.name,
+                                                    completion_window=spec.policy.completion_window)
+                    created = submitted.created
+                    touched_uploads |= bool(submitted.uploaded or submitted.adopted_files)
                 polled = await poll_batches(ledger, client, spec.name)
                 poll_calls += polled.calls
                 round_reconciled = await reconcile_shards(
-                    ledger, client, spec.name, spec.workdir_path / "downloads", price
+                    ledger, client, spec.name, spec.workdir_path / "downloads", price,
+                    outputs=outputs,
                 )
                 reconciled.add(round_reconciled)
+                round_flexed = await finish_leftovers(ledger, client, spec, price, deadline_passed=late)
+                flexed.add(round_flexed)
                 steps = count_steps(ledger, spec.name)
                 if on_progress is not None:
                     on_progress(Progress(spec.name, rounds, time.monotonic() - started, steps,
                                          ledger.request_counts(spec.name), polled.statuses))
                 in_flight = sum(steps[step] for step in IN_FLIGHT_STEPS)
-                if in_flight == 0 or not wait:
+                if in_flight == 0 and touched_uploads:
+                    swept = await sweep_orphan_uploads(ledger, client, spec.name)
+                    touched_uploads = False
+                if in_flight == 0 or not wait or flexed.budget_exhausted:
                     break
-                changed = bool(polled.changed or submitted.created or round_reconciled.shards)
+                changed = bool(polled.changed or round_reconciled.shards or round_flexed.sent
+                               or created)
                 await anyio.sleep(interval.next(changed=changed))
         requests = ledger.request_counts(spec.name)
         summary = RunSummary(
@@ -144,13 +185,29 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
             rounds=rounds,
             poll_calls=poll_calls,
             left_retryable=requests[RequestStatus.RETRYABLE.value],
+            fallback=flexed.as_dict(),
+            deadline=deadline.isoformat() if deadline is not None else None,
+            budget_exhausted=flexed.budget_exhausted,
         )
-        if summary.left_retryable:
+        if swept:
+            summary.notes.append(f"deleted {swept} stray uploads of this job's shards left by an interrupted run")
+        if flexed.budget_exhausted:
             summary.notes.append(
-                f"{summary.left_retryable} requests were left undone by their batches "
-                "(expired, missing or retryable errors)"
+                f"the budget ({flexed.budget_exhausted}) is spent: {summary.left_retryable} requests "
+                "are left retryable; raise [policy.budget] and run again to finish them"
+            )
+        elif summary.left_retryable:
+            summary.notes.append(
+                f"{summary.left_retryable} requests are left retryable "
+                + ("(the fallback is off)" if not spec.policy.fallback.enabled
+                   else "(their trigger is not in [policy.fallback].triggers)")
             )
         if not summary.finished:
             summary.notes.append(f"{in_flight} shards still in flight: run again to continue")
+        if spec.evaluate is not None and summary.finished and is_settled(requests):
+            evaluation = await anyio.to_thread.run_sync(partial(
+                evaluate_run, spec, ledger, run_id=run_id, run_name=run_name,
+                config_path=config_path))
+            summary.evaluation = evaluation.as_dict()
         ledger.finish_run(run_id, summary.as_dict())
         return summary

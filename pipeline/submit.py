@@ -13,19 +13,22 @@ if nothing matches is the call made again. So no shard ever gets two batches.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
-from state import Ledger, RequestStatus, ShardStep
+from state import Ledger, ShardStep
 
 from .client import GroqClient, RemoteBatch, RemoteFile
 from .errors import APIError, RetryableAPIError
+from .faultpoints import crash_point
+from .retry import NO_RETRY
 
 log = logging.getLogger("groqbatch.submit")
+T = TypeVar("T")
 
 CONCURRENT_SUBMISSIONS = 4
 ADOPTION_MARGIN_S = 3600.0
@@ -108,8 +111,16 @@ async def _advance_shard(ledger: Ledger, client: GroqClient, job: str, shard: Ma
             report.adopted_files += 1
             log.info("shard %s: adopted uploaded file %s", key, remote.id)
         else:
-            remote = await client.upload_file(Path(shard["path"]), filename=upload_filename(key))
-            report.uploaded += 1
+            remote, adopted = await make_once(
+                client,
+                lambda: client.upload_file(Path(shard["path"]), filename=upload_filename(key),
+                                           retry=NO_RETRY),
+                lambda: _adopt_file(client, shard),
+            )
+            report.uploaded += not adopted
+            report.adopted_files += adopted
+            crash_point("after_upload")
+        assert remote is not None
         file_id = remote.id
         ledger.set_shard_step(key, ShardStep.UPLOADING, ShardStep.UPLOADED, file_id=file_id)
         step = ShardStep.UPLOADED
@@ -123,17 +134,44 @@ async def _advance_shard(ledger: Ledger, client: GroqClient, job: str, shard: Ma
         report.adopted_batches += 1
         log.info("shard %s: adopted batch %s", key, batch.id)
     else:
-        batch = await client.create_batch(file_id, completion_window=completion_window,
-                                          metadata=batch_metadata(job, key))
-        report.created += 1
+        batch, adopted = await make_once(
+            client,
+            lambda: client.create_batch(file_id, completion_window=completion_window,
+                                        metadata=batch_metadata(job, key), retry=NO_RETRY),
+            lambda: _adopt_batch(client, job, shard),
+        )
+        report.created += not adopted
+        report.adopted_batches += adopted
+        crash_point("after_create")
+    assert batch is not None
     record_submitted(ledger, key, batch)
+    crash_point("after_submit")
+
+
+async def make_once(client: GroqClient, make: Callable[[], Awaitable[T]],
+                    find: Callable[[], Awaitable[T | None]]) -> tuple[T, bool]:
+    """Create a remote object (a file, a batch) without ever creating it twice.
+
+    Not retried blindly: a timeout, a dropped connection or a 5xx leaves it unknown whether
+    the server acted, and a plain retry could upload the file again or — worse — create and
+    pay for a second batch. So before each retry the server is asked (``find``) and a match
+    is adopted; only when it has nothing is the call made again. Returns (object, adopted).
+    """
+    async for attempt in client.retry.retrying():
+        with attempt:
+            if attempt.retry_state.attempt_number > 1:
+                found = await find()
+                if found is not None:
+                    return found, True
+            return await make(), False
+    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
 def record_submitted(ledger: Ledger, key: str, batch: RemoteBatch) -> None:
-    """The outcome of creating (or adopting) a shard's batch; its requests are now submitted."""
-    ledger.set_shard_step(key, ShardStep.SUBMITTING, ShardStep.SUBMITTED, batch_id=batch.id,
-                          batch_status=batch.status, request_counts_json=_counts(batch))
-    ledger.transition_shard(key, RequestStatus.QUEUED, RequestStatus.SUBMITTED, tier="batch")
+    """The outcome of creating (or adopting) a shard's batch; its requests are now submitted.
+    Shard and requests move in one transaction (a crash between them would strand them)."""
+    ledger.record_submitted(key, batch_id=batch.id, batch_status=batch.status,
+                            request_counts_json=_counts(batch))
 
 
 def _counts(batch: RemoteBatch) -> dict[str, int]:
@@ -159,3 +197,19 @@ async def _adopt_batch(client: GroqClient, job: str, shard: Mapping[str, Any]) -
         if batch.created_at and batch.created_at < oldest:
             return None
     return None
+
+
+async def sweep_orphan_uploads(ledger: Ledger, client: GroqClient, job: str) -> int:
+    """Delete uploads of this job's shards that the ledger does not hold.
+
+    A run killed after an upload, whose answer only reached the server after the next run had
+    listed files and uploaded again, leaves a second copy: it costs storage, never a batch
+    (batches are only created from recorded file ids). Called once every shard is settled.
+    """
+    recorded = {upload_filename(s["key"]): s["file_id"] for s in ledger.shards(job)}
+    swept = 0
+    for remote in await client.list_files():
+        if remote.filename in recorded and remote.id != recorded[remote.filename]:
+            await client.delete_file(remote.id)
+            swept += 1
+    return swept

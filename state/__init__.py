@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from state.ledger import CHUNK_SIZE, Ledger
 from state.records import (
+    OpenRequest,
     QuarantineRecord,
     RequestRecord,
     ResultRecord,
@@ -38,6 +39,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SHARD_MOVES",
     "Ledger",
+    "OpenRequest",
     "QuarantineRecord",
     "RequestRecord",
     "RequestStatus",

@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import URL, Connection, Engine, Insert, Table, create_engine, event, make_url
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    Insert,
+    Table,
+    UpdateBase,
+    create_engine,
+    event,
+    make_url,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -30,7 +41,9 @@ from pipeline.errors import LedgerError
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "CHUNK_SIZE",
+    "COMPRESS_MIN_BYTES",
     "PAGE_SIZE",
+    "BulkWrite",
     "Database",
     "chunked",
     "compress",
@@ -63,6 +76,7 @@ class Database:
         self.engine, self.url = _open_engine(target)
         self.dialect: str = self.engine.dialect.name
         self._writer = self.engine.execution_options(**{_WRITE_OPTION: True})
+        self._bulk: dict[str, BulkWrite] = {}
 
     def dispose(self) -> None:
         """Close every pooled connection."""
@@ -110,15 +124,109 @@ class Database:
         # sqlite3's executemany rowcount is the sum of changes, and a conflict changes nothing.
         return int(connection.execute(statement, params).rowcount)
 
+    def bulk(
+        self, name: str, build: Callable[[], UpdateBase], columns: Sequence[str]
+    ) -> BulkWrite:
+        """The :class:`BulkWrite` of the statement ``build()`` makes, built once per database.
+
+        ``name`` identifies the statement; ``columns`` names the values of each row passed to
+        :meth:`BulkWrite.run`, in order.
+        """
+        found = self._bulk.get(name)
+        if found is None:
+            found = self._bulk[name] = BulkWrite(self, build(), columns)
+        return found
+
+
+class BulkWrite:
+    """A Core INSERT/UPDATE run by ``executemany`` over rows given as tuples.
+
+    On PostgreSQL each row becomes a dict and goes through ``connection.execute`` as usual.
+    On SQLite the statement is compiled once per process and the tuples go to the sqlite3
+    cursor through ``exec_driver_sql`` (which still translates its errors into SQLAlchemy's,
+    so :meth:`Database.transaction` reports them as before). Why not ``connection.execute``:
+    SQLAlchemy processes every parameter of every row of an executemany in Python
+    (``construct_params``, bind processors), which was ~22% of reconcile. Measured at 100k
+    rows, same data, this path vs dicts through ``connection.execute``:
+    ``Ledger.record_results`` 27k → 48k rows/s; in ``compile_job``, ``record_requests``
+    2.75 → 1.98 s and ``record_rows`` 1.22 → 0.75 s.
+    """
+
+    def __init__(self, db: Database, statement: UpdateBase, columns: Sequence[str]) -> None:
+        self.statement = statement
+        self.columns = tuple(columns)
+        self._sql: str | None = None
+        self._tail: tuple[Any, ...] = ()
+        self._order: itemgetter[tuple[Any, ...]] | None = None
+        if db.dialect != "sqlite":
+            return
+        # An INSERT renders the columns given (``column_keys``), as ``execute`` would.
+        keys = list(self.columns) if isinstance(statement, Insert) else None
+        compiled = statement.compile(dialect=db.engine.dialect, column_keys=keys)
+        order = list(compiled.positiontup or [])
+        # Binds the caller does not pass are the statement's own constants (``status = 'x'``).
+        own = [name for name in order if name not in self.columns]
+        if any(compiled.binds[name].required for name in own) or len(order) - len(own) != len(
+            self.columns
+        ):
+            raise ValueError(f"{statement}: parameters {order}, given {list(self.columns)}")
+        self._sql = compiled.string
+        self._tail = tuple(compiled.binds[name].effective_value for name in own)
+        if order != [*self.columns, *own]:  # else each row is (*row, *tail), already in order
+            at = {name: i for i, name in enumerate([*self.columns, *own])}
+            self._order = itemgetter(*[at[name] for name in order])
+
+    def run(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Execute over ``rows``; return the rows changed (SQLite: conflicts change none)."""
+        if not rows:
+            return 0
+        if self._sql is None:
+            params = [dict(zip(self.columns, row, strict=True)) for row in rows]
+            return int(connection.execute(self.statement, params).rowcount)
+        tail, order = self._tail, self._order
+        if order is not None:
+            rows = [order(row + tail) for row in rows]
+        elif tail:
+            rows = [row + tail for row in rows]
+        return int(connection.exec_driver_sql(self._sql, list(rows)).rowcount)
+
+    def run_new(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Execute an insert-if-absent over ``rows``; return how many were new."""
+        if self._sql is None and rows:  # psycopg's executemany rowcount is not a sum
+            params = [dict(zip(self.columns, row, strict=True)) for row in rows]
+            assert isinstance(self.statement, Insert)
+            key = next(iter(self.statement.table.primary_key))
+            return len(connection.execute(self.statement.returning(key), params).all())
+        return self.run(connection, rows)
+
+
+COMPRESS_MIN_BYTES = 4096
+"""Bodies shorter than this are stored as they are (see :func:`compress`)."""
+_ZLIB_HEADER = b"x"  # 0x78: the first byte of every zlib stream with a 32 KiB window
+
 
 def compress(body: bytes) -> bytes:
-    """Compress a JSON body for storage. Level 1: nearly level 6's size on JSON, much faster."""
+    """A JSON body as stored: zlib level 1 if it is long, else the body itself.
+
+    Each ``zlib.compress`` call pays a fixed ~20-60 µs here (it sets up and frees ~270 KB of
+    state) whatever the input's size — ~18 µs for a typical 700-byte chat body, to save ~250
+    bytes of it. Measured at 100k rows against compressing every body: reconcile's
+    ``apply_file`` 19k → 29.5k lines/s, ``compile_job`` 6.9 → 5.7 s. Past a few KiB the setup
+    is a small part and the saving is worth it. Level 1: nearly level 6's size on JSON.
+
+    The two forms are told apart by the first byte: a zlib stream starts with ``x``, which a
+    JSON text never does; the rare short body that does is compressed anyway.
+    """
+    if len(body) < COMPRESS_MIN_BYTES and body[:1] != _ZLIB_HEADER:
+        return body
     return zlib.compress(body, 1)
 
 
 def decompress(stored: bytes) -> bytes:
-    """The JSON body :func:`compress` stored."""
-    return zlib.decompress(stored)
+    """The JSON body :func:`compress` stored (either form)."""
+    if stored[:1] == _ZLIB_HEADER:
+        return zlib.decompress(stored)
+    return bytes(stored)
 
 
 def _open_engine(target: str | os.PathLike[str]) -> tuple[Engine, str]:

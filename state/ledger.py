@@ -27,11 +27,14 @@ import orjson
 from sqlalchemy import Update, bindparam, delete, insert, select, update
 
 from pipeline.errors import LedgerError
-from state import inputs, reports
+from state import evaluations as scoring
+from state import exports, inputs, reports
 from state import results as reconcile
 from state import schema as t
 from state.engine import CHUNK_SIZE, PAGE_SIZE, Database, chunked
 from state.records import (
+    AdapterRecord,
+    OpenRequest,
     QuarantineRecord,
     RequestRecord,
     ResultRecord,
@@ -138,6 +141,14 @@ class Ledger:
             return connection.execute(
                 select(t.jobs.c.spec_hash).where(t.jobs.c.name == name)
             ).scalar_one_or_none()
+
+    def job_created_at(self, name: str) -> float | None:
+        """When the job was first recorded (Unix seconds): a duration deadline counts from here."""
+        with self._db.transaction("job_created_at", write=False) as connection:
+            created: float | None = connection.execute(
+                select(t.jobs.c.created_at).where(t.jobs.c.name == name)
+            ).scalar_one_or_none()
+        return created
 
     def start_run(self, job: str, backend: str, run_name: str | None = None) -> int:
         """Record the start of a ``groqbatch run``; returns the run id."""
@@ -290,6 +301,15 @@ class Ledger:
         """
         return reconcile.record_results(self._db, results)
 
+    def record_result_chunk(self, results: Iterable[ResultRecord]) -> dict[str, RequestStatus]:
+        """:meth:`record_results` for one chunk, in one transaction, saying what it found:
+        the status each known custom_id had before (ids the ledger never sent are left out).
+
+        Those awaiting an answer took their (first) result. Reconcile uses the map to
+        quarantine unknown ids and count duplicates, so the ids are looked up once per chunk.
+        """
+        return reconcile.record_result_chunk(self._db, results)
+
     def results_for(self, custom_ids: Iterable[str]) -> Iterator[StoredResult]:
         """The stored results of those of ``custom_ids`` that have one, chunk by chunk."""
         return reconcile.results_for(self._db, custom_ids)
@@ -313,26 +333,27 @@ class Ledger:
         ``fields``: file_id, batch_id, batch_status, request_counts_json (text or a mapping),
         output_file_id, error_file_id. An illegal move raises :class:`LedgerError`.
         """
-        from_, to = ShardStep(from_), ShardStep(to)
-        if not is_legal_shard_move(from_, to):
-            raise LedgerError(f"illegal shard move {from_.value} → {to.value} (shard {key})")
-        unknown = set(fields) - _SHARD_FIELDS
-        if unknown:
-            raise TypeError(f"set_shard_step: unknown shard fields {sorted(unknown)}")
-        values: dict[str, Any] = dict(fields)
-        counts = values.get("request_counts_json")
-        if isinstance(counts, Mapping):
-            values["request_counts_json"] = orjson.dumps(
-                counts, option=orjson.OPT_SORT_KEYS
-            ).decode()
-        values.update(step=to.value, updated_at=time.time())
-        statement = (
-            update(t.shards)
-            .where(t.shards.c.key == key, t.shards.c.step == from_.value)
-            .values(values)
-        )
+        statement = _shard_move(key, ShardStep(from_), ShardStep(to), fields)
         with self._db.transaction("set_shard_step") as connection:
             return bool(connection.execute(statement).rowcount)
+
+    def record_submitted(self, key: str, **fields: Any) -> int:
+        """A shard's batch exists: the shard moves submitting → submitted with ``fields``
+        (batch_id, batch_status, request_counts_json) and its queued requests move to submitted
+        (tier batch, one attempt each), in one transaction; returns how many requests moved.
+
+        One transaction, because a crash between the two would leave a submitted shard whose
+        requests are still queued: their batch lines would then find no request awaiting them.
+        """
+        shard = _shard_move(key, ShardStep.SUBMITTING, ShardStep.SUBMITTED, fields)
+        requests = (
+            update(t.requests)
+            .where(t.requests.c.shard_key == key, t.requests.c.status == RequestStatus.QUEUED.value)
+            .values(_move_values(RequestStatus.QUEUED, RequestStatus.SUBMITTED, {"tier": Tier.BATCH}))
+        )
+        with self._db.transaction("record_submitted") as connection:
+            connection.execute(shard)
+            return connection.execute(requests).rowcount
 
     # ---------------------------------------------------------------- reports
 
@@ -348,6 +369,11 @@ class Ledger:
         """The job's latest runs, newest first, as column → value (``summary_json`` as text)."""
         return reports.runs(self._db, job, limit)
 
+    def iter_requests(self, job: str, status: RequestStatus) -> Iterator[OpenRequest]:
+        """The job's requests in ``status`` (body uncompressed), in custom_id order, a page per
+        short transaction (the caller may move them meanwhile)."""
+        return reports.iter_requests(self._db, job, RequestStatus(status), PAGE_SIZE)
+
     def row_counts(self, job: str) -> dict[str, int]:
         """ok / rejected → number of the job's input rows."""
         return reports.row_counts(self._db, job)
@@ -355,6 +381,54 @@ class Ledger:
     def rejected_rows(self, job: str, limit: int = 20) -> list[tuple[str, int, str]]:
         """The first ``limit`` rejected rows of a job: (row_key, row_index, reason)."""
         return reports.rejected_rows(self._db, job, limit)
+
+    # ---------------------------------------------------------------- evaluations
+
+    def row_ids(self, job: str, row_keys: Iterable[str]) -> dict[str, str | None]:
+        """row key → custom_id (None for a rejected row) of those of ``row_keys`` the job has."""
+        return inputs.row_ids(self._db, job, row_keys)
+
+    def mapping_digest(self, job: str, extra: str = "") -> str:
+        """A digest of the job's row → custom_id mapping (and ``extra``, e.g. the scorers)."""
+        return scoring.mapping_digest(self._db, job, extra)
+
+    def evaluated(self, job: str, run_name: str, digest: str) -> int | None:
+        """The run id of an earlier evaluation named ``run_name`` with ``digest``, or None."""
+        return scoring.evaluated(self._db, job, run_name, digest)
+
+    def forget_unscored(self, job: str) -> int:
+        """Drop scores of the job's runs that never recorded an evaluation (cut short)."""
+        return scoring.forget_unscored(self._db, job)
+
+    def record_scores(self, run_id: int, scores: Iterable[scoring.ScoreRecord]) -> int:
+        """Upsert per-row scores of a run, a chunk per transaction; returns how many."""
+        return scoring.record_scores(self._db, run_id, scores)
+
+    def record_evaluation(
+        self, evaluation: scoring.EvaluationRecord, metrics: Iterable[scoring.MetricRecord]
+    ) -> None:
+        """Record a run's metrics and mark it evaluated, in one transaction."""
+        scoring.record_evaluation(self._db, evaluation, metrics)
+
+    def evaluations(self, job: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The job's scored runs, oldest first, with their metrics (see
+        :func:`state.evaluations.evaluations`)."""
+        return scoring.evaluations(self._db, job, limit)
+
+    # ---------------------------------------------------------------- exports
+
+    def row_outcomes(self, job: str, row_keys: Iterable[str]) -> dict[str, exports.RowOutcome]:
+        """Row key → the row, its request's status and its stored answer, for those of
+        ``row_keys`` the job has (looked up a chunk of keys per query)."""
+        return exports.row_outcomes(self._db, job, row_keys)
+
+    def record_export(self, record: exports.ExportRecord) -> None:
+        """Record an export of a job (``--since-last`` starts from the latest one)."""
+        exports.record_export(self._db, record)
+
+    def last_export(self, job: str) -> exports.ExportRecord | None:
+        """The job's latest recorded export, or None."""
+        return exports.last_export(self._db, job)
 
     # ---------------------------------------------------------------- adapters
 
@@ -367,6 +441,58 @@ class Ledger:
             model: str | None = connection.execute(query).scalar_one_or_none()
         return model
 
+    def record_adapter(
+        self,
+        name: str,
+        *,
+        base_model: str,
+        file_id: str | None = None,
+        fine_tuning_id: str | None = None,
+        model_id: str | None = None,
+        created_at: float | None = None,
+    ) -> None:
+        """Record adapter ``name``: an upload's intent (only ``file_id``) or a registered
+        adapter (with its ``ft:`` ``model_id``). Replaces the row of that name, a deleted one
+        included, and makes it live again."""
+        values = {
+            "name": name,
+            "base_model": base_model,
+            "file_id": file_id,
+            "fine_tuning_id": fine_tuning_id,
+            "model_id": model_id,
+            "created_at": time.time() if created_at is None else float(created_at),
+            "deleted_at": None,
+        }
+        statement = self._db.upsert(t.adapters, ["name"], [c for c in values if c != "name"])
+        with self._db.transaction("record_adapter") as connection:
+            connection.execute(statement, [values])
+
+    def mark_adapter_deleted(self, name: str) -> bool:
+        """Mark adapter ``name`` deleted (jobs naming it stop resolving); False if it was not live."""
+        statement = (
+            update(t.adapters)
+            .where(t.adapters.c.name == name, t.adapters.c.deleted_at.is_(None))
+            .values(deleted_at=time.time())
+        )
+        with self._db.transaction("mark_adapter_deleted") as connection:
+            return bool(connection.execute(statement).rowcount)
+
+    def adapter(self, name: str) -> AdapterRecord | None:
+        """The ledger's row for adapter ``name`` (live, pending or deleted), or None."""
+        query = select(t.adapters).where(t.adapters.c.name == name)
+        with self._db.transaction("adapter", write=False) as connection:
+            row = connection.execute(query).mappings().one_or_none()
+        return AdapterRecord(**row) if row is not None else None
+
+    def adapters(self, *, include_deleted: bool = False) -> list[AdapterRecord]:
+        """The adapters the ledger knows, by name; deleted ones only if asked."""
+        query = select(t.adapters).order_by(t.adapters.c.name)
+        if not include_deleted:
+            query = query.where(t.adapters.c.deleted_at.is_(None))
+        with self._db.transaction("adapters", write=False) as connection:
+            rows = connection.execute(query).mappings().all()
+        return [AdapterRecord(**row) for row in rows]
+
     # ---------------------------------------------------------------- helpers
 
     @staticmethod
@@ -375,6 +501,25 @@ class Ledger:
             t.requests.c.custom_id.in_(bindparam("ids", expanding=True)),
             t.requests.c.status == from_.value,
         )
+
+
+def _shard_move(key: str, from_: ShardStep, to: ShardStep, fields: Mapping[str, Any]) -> Update:
+    """The guarded UPDATE of a legal shard move; refuses illegal moves and unknown fields."""
+    if not is_legal_shard_move(from_, to):
+        raise LedgerError(f"illegal shard move {from_.value} → {to.value} (shard {key})")
+    unknown = set(fields) - _SHARD_FIELDS
+    if unknown:
+        raise TypeError(f"set_shard_step: unknown shard fields {sorted(unknown)}")
+    values: dict[str, Any] = dict(fields)
+    counts = values.get("request_counts_json")
+    if isinstance(counts, Mapping):
+        values["request_counts_json"] = orjson.dumps(counts, option=orjson.OPT_SORT_KEYS).decode()
+    values.update(step=to.value, updated_at=time.time())
+    return (
+        update(t.shards)
+        .where(t.shards.c.key == key, t.shards.c.step == from_.value)
+        .values(values)
+    )
 
 
 def _move_values(

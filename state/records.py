@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from state.status import OUTCOMES, RequestStatus, ResultSource
 
 __all__ = [
+    "AdapterRecord",
+    "OpenRequest",
     "QuarantineRecord",
     "RequestRecord",
     "ResultRecord",
@@ -80,6 +82,18 @@ class ResultRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenRequest:
+    """A request waiting for an answer, as the synchronous path reads it."""
+
+    custom_id: str
+    body: bytes
+    attempts: int
+    last_error: str | None
+    shard_key: str | None
+    """Set when the request went through a batch (which spent one attempt)."""
+
+
+@dataclass(frozen=True, slots=True)
 class StoredResult:
     """A result as the ledger holds it; ``body`` is uncompressed again."""
 
@@ -107,3 +121,30 @@ class QuarantineRecord:
     batch_id: str | None = None
     source_file_id: str | None = None
     line_no: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterRecord:
+    """A LoRA adapter the ledger knows by ``name``.
+
+    Registered when it has its ``ft:`` ``model_id``; an upload in progress (or cut short)
+    when it has only its ``file_id``; gone when ``deleted_at`` is set.
+    """
+
+    name: str
+    base_model: str
+    created_at: float
+    fine_tuning_id: str | None = None
+    model_id: str | None = None
+    file_id: str | None = None
+    deleted_at: float | None = None
+
+    @property
+    def live(self) -> bool:
+        """Registered and not deleted: jobs naming it resolve to ``model_id``."""
+        return self.deleted_at is None and self.model_id is not None
+
+    @property
+    def pending(self) -> bool:
+        """Uploaded (or being uploaded) but not registered: an interrupted ``adapters upload``."""
+        return self.deleted_at is None and self.model_id is None

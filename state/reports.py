@@ -6,17 +6,19 @@ Each is a read in one short transaction; ``IN`` lists are chunked.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
 
 from state import schema as t
-from state.engine import CHUNK_SIZE, Database, chunked
+from state.engine import CHUNK_SIZE, Database, chunked, decompress
+from state.records import OpenRequest
 from state.status import RequestStatus, RowStatus
 
 __all__ = [
     "answered_ids",
+    "iter_requests",
     "rejected_rows",
     "request_counts",
     "request_totals",
@@ -125,3 +127,28 @@ def runs(db: Database, job: str, limit: int = 20) -> list[dict[str, Any]]:
     )
     with db.transaction("runs", write=False) as connection:
         return [dict(row._mapping) for row in connection.execute(query)]
+
+
+def iter_requests(
+    db: Database, job: str, status: RequestStatus, page_size: int
+) -> Iterator[OpenRequest]:
+    """See :meth:`state.Ledger.iter_requests`."""
+    of_job = select(t.rows.c.custom_id).where(t.rows.c.job == job)
+    columns = t.requests.c
+    base = (
+        select(columns.custom_id, columns.body, columns.attempts, columns.last_error,
+               columns.shard_key)
+        .where(columns.status == status.value, columns.custom_id.in_(of_job))
+        .order_by(columns.custom_id)
+        .limit(page_size)
+    )
+    after: str | None = None
+    while True:
+        query = base if after is None else base.where(columns.custom_id > after)
+        with db.transaction("iter_requests", write=False) as connection:
+            page = connection.execute(query).all()
+        for custom_id, body, attempts, last_error, shard_key in page:
+            yield OpenRequest(custom_id, decompress(body), attempts, last_error, shard_key)
+        if len(page) < page_size:
+            return
+        after = page[-1][0]

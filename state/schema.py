@@ -2,7 +2,7 @@
 
 Times are ``REAL`` seconds since the Unix epoch (UTC): cheap to write in bulk, portable between
 SQLite and PostgreSQL, and sortable. JSON documents are stored as text; request and result
-bodies as zlib-compressed JSON bytes.
+bodies as JSON bytes, zlib-compressed when long (see :func:`state.engine.compress`).
 
 The version lives in ``meta`` under ``schema_version``. :func:`ensure_schema` creates the
 tables on an empty database, migrates a known older version step by step inside the caller's
@@ -38,6 +38,8 @@ __all__ = [
     "Migration",
     "adapters",
     "ensure_schema",
+    "evaluations",
+    "exports",
     "jobs",
     "meta",
     "metadata",
@@ -46,7 +48,9 @@ __all__ = [
     "requests",
     "results",
     "rows",
+    "run_metrics",
     "runs",
+    "scores",
     "shards",
 ]
 
@@ -124,7 +128,7 @@ requests = Table(
     metadata,
     Column("custom_id", String, primary_key=True),
     Column("endpoint", String, nullable=False),
-    Column("body", LargeBinary, nullable=False),  # zlib(canonical JSON)
+    Column("body", LargeBinary, nullable=False),  # canonical JSON, see engine.compress
     Column("status", String, nullable=False),  # RequestStatus
     Column("shard_key", String, ForeignKey("shards.key"), nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
@@ -146,7 +150,7 @@ results = Table(
     metadata,
     Column("custom_id", String, ForeignKey("requests.custom_id"), primary_key=True),
     Column("status_code", Integer, nullable=True),
-    Column("body", LargeBinary, nullable=True),  # zlib(response body JSON)
+    Column("body", LargeBinary, nullable=True),  # response body JSON, see engine.compress
     Column("error_json", Text, nullable=True),
     Column("parsed_json", Text, nullable=True),
     Column("source", String, nullable=False),  # ResultSource
@@ -169,6 +173,20 @@ quarantine = Table(
     Index("ux_quarantine_line", "source_file_id", "line_no", unique=True),
 )
 
+#: One row per ``groqbatch export``: ``--since-last`` exports the rows answered after the
+#: latest one's ``exported_at`` (taken when that export started reading, so none is missed).
+exports = Table(
+    "exports",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job", String, ForeignKey("jobs.name"), nullable=False),
+    Column("exported_at", Float, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("format", String, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Index("ix_exports_job", "job", "exported_at"),
+)
+
 adapters = Table(
     "adapters",
     metadata,
@@ -179,6 +197,45 @@ adapters = Table(
     Column("file_id", String, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("deleted_at", Float, nullable=True),
+)
+
+#: An evaluation run of a job with ``[evaluate]``: written once, when the run that finished the
+#: job's requests has scored them (the marker that a run's scores are complete).
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), primary_key=True),
+    Column("job", String, ForeignKey("jobs.name"), nullable=False),
+    Column("run_name", String, nullable=True),
+    Column("identity", String, nullable=False),  # the run identity its requests were salted with
+    Column("digest", String, nullable=False),  # of the rows → custom_id mapping and the scorers
+    Column("rows", Integer, nullable=False),
+    Column("answered", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("scored_at", Float, nullable=False),
+    Index("ix_evaluations_job", "job", "run_id"),
+)
+
+#: Per run and scorer: the mean score over the rows scored.
+run_metrics = Table(
+    "run_metrics",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), primary_key=True),
+    Column("scorer", String, primary_key=True),
+    Column("kind", String, nullable=False),
+    Column("mean", Float, nullable=True),  # None when no row could be scored
+    Column("n", Integer, nullable=False),
+)
+
+#: Per run, scorer and input row: its score in [0, 1].
+scores = Table(
+    "scores",
+    metadata,
+    Column("run_id", Integer, ForeignKey("runs.id"), primary_key=True),
+    Column("scorer", String, primary_key=True),
+    Column("row_key", String, primary_key=True),
+    Column("custom_id", String, nullable=True),
+    Column("score", Float, nullable=False),
 )
 
 #: One step of migration: brings a ledger from version N (the key) to N + 1, inside the
@@ -220,7 +277,16 @@ def ensure_schema(connection: Connection, where: str) -> int:
     found = _parse_version(text, where)
     if found != SCHEMA_VERSION:
         migrate(connection, found, where=where)
+    _create_missing_tables(connection, tables)
     return found
+
+
+def _create_missing_tables(connection: Connection, present: set[str]) -> None:
+    """Tables added to version 1 before its release (``evaluations``, ``run_metrics``, …)
+    are created in a ledger written before them. Once released, a change is a migration."""
+    missing = [table for table in metadata.sorted_tables if table.name not in present]
+    if missing:
+        metadata.create_all(connection, tables=missing)
 
 
 def migrate(

@@ -62,6 +62,9 @@ class ShardStep(enum.StrEnum):
     SETTLED = "settled"
     # Both output and error files were read to the end and written into ``results``. Final.
     RECONCILED = "reconciled"
+    # The deadline passed before a batch was created for it; its requests went to the
+    # fallback. Final.
+    DROPPED = "dropped"
 
 
 class RowStatus(enum.StrEnum):
@@ -107,6 +110,9 @@ REQUEST_MOVES: frozenset[tuple[RequestStatus, RequestStatus]] = frozenset(
         (_R.IN_FLIGHT, _R.SUCCEEDED),
         (_R.IN_FLIGHT, _R.FAILED),
         (_R.IN_FLIGHT, _R.RETRYABLE),  # the call failed retryably, or crash recovery
+        (_R.PENDING, _R.RETRYABLE),  # mode = "sync": straight to the synchronous path
+        (_R.QUEUED, _R.RETRYABLE),  # the deadline passed before its shard was submitted
+        (_R.RETRYABLE, _R.FAILED),  # its attempts are spent; the last error is kept
     }
 )
 
@@ -117,12 +123,15 @@ AWAITING_ANSWER: frozenset[RequestStatus] = frozenset({_R.SUBMITTED, _R.IN_FLIGH
 OUTCOMES: frozenset[RequestStatus] = frozenset({_R.SUCCEEDED, _R.FAILED, _R.RETRYABLE})
 
 _S = ShardStep
-_SHARD_ORDER = list(ShardStep)
+_SHARD_ORDER = [step for step in ShardStep if step is not ShardStep.DROPPED]
 
 #: Every move :meth:`state.Ledger.set_shard_step` accepts: one step forward, or staying on a
 #: step to record fields (polling updates ``batch_status`` while the shard stays submitted).
 SHARD_MOVES: frozenset[tuple[ShardStep, ShardStep]] = frozenset(
-    {(step, step) for step in _SHARD_ORDER} | {(a, b) for a, b in itertools.pairwise(_SHARD_ORDER)}
+    {(step, step) for step in _SHARD_ORDER}
+    | {(a, b) for a, b in itertools.pairwise(_SHARD_ORDER)}
+    # Only before any batch can exist: from submitting on, a batch may be out there.
+    | {(_S.COMPILED, _S.DROPPED), (_S.UPLOADING, _S.DROPPED), (_S.UPLOADED, _S.DROPPED)}
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import zipfile
 from typing import Any
 
@@ -29,6 +30,26 @@ def bf16_weights() -> bytes:
     length = int.from_bytes(data[:8], "little")
     header = data[8 : 8 + length].replace(b'"F16"', b'"BF16"')
     return len(header).to_bytes(8, "little") + header + data[8 + length :]
+
+
+def raw_safetensors(tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) -> bytes:
+    """A safetensors file written by hand: name → (dtype, shape, little-endian bytes). For
+    dtypes numpy cannot hold (``BF16``)."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, (dtype, shape, data) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": list(shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(d for _, _, d in tensors.values())
+
+
+def as_bf16(values: Any) -> bytes:
+    """float32 values → bfloat16 bits (truncated, so the bf16 value is exactly known)."""
+    bits = (np.asarray(values, dtype=np.float32).view(np.uint32) >> 16).astype("<u2")
+    return bits.tobytes()
 
 
 def adapter_zip(members: dict[str, bytes] | None = None) -> bytes:

@@ -25,7 +25,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -206,6 +206,14 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     return problem_response(problem)
 
 
+async def _on_client_gone(request: Request, exc: Exception) -> Response:
+    """The client went away mid-request (killed, timed out): nobody to answer, nothing to log
+    beyond a line — a real server sees this all the time. (A traceback per disconnect filled
+    the stderr pipe of a server under the crash tests until it blocked.)"""
+    log.debug("client disconnected during %s %s", request.method, request.url.path)
+    return Response(status_code=499)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, ConnectionDropped):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -232,6 +240,7 @@ def create_app(config: EmulatorConfig | None = None, *, emulator: Emulator | Non
         exception_handlers={
             APIProblem: _on_problem,
             HTTPException: _on_http_exception,
+            ClientDisconnect: _on_client_gone,
             Exception: _on_unexpected,
         },
     )

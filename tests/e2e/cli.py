@@ -51,18 +51,24 @@ def free_port() -> int:
 class ServeProcess:
     """``groqbatch serve`` on a free loopback port, in its own process."""
 
-    def __init__(self, *args: str, api_key: str = DEFAULT_API_KEY) -> None:
+    def __init__(self, *args: str, api_key: str = DEFAULT_API_KEY, log: Path | None = None) -> None:
+        """``log``: send the server's output to this file instead of pipes — for long runs,
+        whose output could fill a pipe nobody reads until :meth:`stop` and block the server."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         self.stdout = self.stderr = ""
+        self.log = log
+        output = log.open("ab") if log is not None else subprocess.PIPE
         self.proc = subprocess.Popen(
             [*groqbatch_command(), "serve", "--port", str(self.port), "--log-level", "warning", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=output,
+            stderr=subprocess.STDOUT if log is not None else subprocess.PIPE,
             text=True,
             env=clean_env(GROQ_API_KEY=api_key),
         )
+        if log is not None:
+            output.close()  # the child holds its own copy
 
     def wait_ready(self, timeout_s: float = 20) -> None:
         import time
@@ -87,4 +93,6 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.stdout, self.stderr = self.proc.communicate(timeout=10)
+        if self.log is not None:
+            self.stdout, self.stderr = "", self.log.read_text(errors="replace")
         return self.proc.returncode

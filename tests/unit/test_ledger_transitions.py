@@ -72,6 +72,9 @@ def test_the_move_table_is_the_documented_one() -> None:
         ("in_flight", "succeeded"),
         ("in_flight", "failed"),
         ("in_flight", "retryable"),
+        ("pending", "retryable"),
+        ("queued", "retryable"),
+        ("retryable", "failed"),
     }
 
 

@@ -1,0 +1,527 @@
+"""Flex: finish what the batch path left undone with synchronous chat completions.
+
+Leftovers — lines of expired, failed or cancelled batches, retryable error lines, missing
+lines, requests of a ``mode = "sync"`` job, and everything still open at the deadline — are
+sent as chat completions with ``service_tier = "flex"`` (or ``auto``/``on_demand``), the body
+exactly as compiled. A continuous pipeline keeps ``concurrency`` calls in flight::
+
+    producer ──(retryable → in_flight, a group per transaction)──▶ workers ──▶ recorder
+       ▲                                                                          │
+       └───────────── retryable again, due after a jittered backoff ◀────────────┘
+
+- **Crash-safety.** A request is ``in_flight`` in the ledger before its call and answered after;
+  every attempt is one ``retryable → in_flight`` move, so the ledger counts attempts exactly.
+  In-flight requests a killed run left behind go back to ``retryable`` when the stage starts.
+  Results are written by :meth:`~state.Ledger.record_results` (first answer wins), a chunk per
+  transaction, so a result is never recorded twice.
+- **Backoff.** 429, 498 (flex at capacity: the SDKs do not retry it, we do), 5xx and transport
+  errors put the request back as retryable, due after ``RetryPolicy``'s jittered exponential
+  backoff — or, on a 429, after the server's ``retry-after``, which also pauses every worker
+  at once (a call already queued waits too). A 429 is the server's pacing, not a failed try:
+  it does not count against ``max_attempts``. Other 4xx are permanent failures of that
+  request, recorded with their body. A request whose ``max_attempts`` are spent fails with its
+  last error.
+- **Pace.** An anyio ``CapacityLimiter`` bounds concurrency; :class:`Pacer` reads the
+  ``x-ratelimit-*`` headers of each answer. The server's buckets refill continuously, so the
+  refill rate is ``(limit - remaining) / reset``; once few requests (or tokens) are left, calls
+  are spaced at that rate instead of bursting into 429s, and when none is left the stage waits
+  for one to refill — so the job runs at the limit without tripping it much.
+- **Budget.** Before each call the job-wide budget (``[policy.budget]``: requests, tokens,
+  dollars, counting what the batches spent) is checked with the call's estimated cost; once it
+  would be exceeded the stage stops cleanly and the rest stays retryable.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from jobs import JobSpec, Price
+from jobs.compile import SYNC_MODE_REASON, estimate_completion_tokens, estimate_prompt_tokens
+from jobs.outputs import (
+    OutputValidator,
+    invalid_output_error,
+    is_invalid_output,
+    json_validate_failed,
+)
+from state import Ledger, OpenRequest, RequestStatus, ResultRecord, ResultSource, ShardStep
+
+from .client import ChatReply, GroqClient, RateLimitState
+from .deadline import DROPPED_REASON
+from .errors import APIError, PermanentAPIError, RateLimitedError, RetryableAPIError
+from .reconcile import MISSING
+from .retry import NO_RETRY, RetryPolicy
+
+log = logging.getLogger("groqbatch.flex")
+
+CLAIM_GROUP = 64
+"""Requests moved retryable → in_flight in one transaction (a transaction costs ~2 ms on a
+busy machine: one per call would take a third of the loop at a few hundred calls a second)."""
+RECORD_EVERY = 256
+"""Most outcomes written in one transaction."""
+RECORD_WAIT_S = 0.05
+"""How long the recorder lets outcomes gather before writing them (bounds commits to ~20/s)."""
+FLEX_PREFIX = "flex: "
+
+
+def trigger_of(last_error: str | None) -> str:
+    """Which ``[policy.fallback].triggers`` entry a retryable request falls under."""
+    text = last_error or ""
+    if is_invalid_output(text):
+        return "invalid_output"
+    if text.startswith((FLEX_PREFIX, SYNC_MODE_REASON)):
+        return "already_in_fallback"
+    if '"batch_expired"' in text:
+        return "expired"
+    if '"batch_cancelled"' in text:
+        return "cancelled"
+    if text.startswith(MISSING):
+        return "missing"
+    if text.startswith(DROPPED_REASON):
+        return "deadline"
+    if "failed validation" in text:
+        return "failed"
+    return "retryable_errors"
+
+
+def eligible(last_error: str | None, triggers: frozenset[str]) -> bool:
+    trigger = trigger_of(last_error)
+    # An invalid output is retryable only because [policy] retry_invalid_output says so; that
+    # knob (checked in _Stage._next_call) is its trigger.
+    return (trigger in ("already_in_fallback", "invalid_output") or trigger in triggers
+            or "deadline_passed" in triggers)
+
+
+@dataclass(slots=True)
+class FlexReport:
+    tier: str = "flex"
+    sent: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    requeued: int = 0
+    gave_up: int = 0
+    recovered_in_flight: int = 0
+    invalid_output: int = 0
+    """Answers that did not parse or fit the output schema (also counted failed or requeued)."""
+    status_counts: dict[str, int] = field(default_factory=dict)
+    """HTTP status (or ``transport``) → count, for 429/498/5xx seen."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    budget_exhausted: str | None = None
+    """Which budget stopped the stage, if one did."""
+    elapsed_s: float = 0.0
+
+    def add(self, other: FlexReport) -> None:
+        """Fold one round's report into a run's."""
+        for name in ("sent", "succeeded", "failed", "requeued", "gave_up", "recovered_in_flight",
+                     "invalid_output", "prompt_tokens", "completion_tokens", "cost_usd",
+                     "elapsed_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for key, count in other.status_counts.items():
+            self.status_counts[key] = self.status_counts.get(key, 0) + count
+        self.budget_exhausted = other.budget_exhausted or self.budget_exhausted
+
+    @property
+    def pace_rps(self) -> float:
+        return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__} | {"pace_rps": round(self.pace_rps, 2)}
+
+
+class Pacer:
+    """Holds calls back as the server's rate-limit headers (and 429s) say.
+
+    Groq's (and the local server's) limits are buckets that refill continuously; the headers
+    give the bucket's size, what is left and how long until it is full again, so the refill
+    rate is ``(limit - remaining) / reset``. While plenty is left calls go out at once; once
+    ``low_water`` requests (or as many calls' worth of tokens) or fewer are left, each call
+    waits its turn, one every ``1 / rate`` seconds; with nothing left, the stage waits for one
+    to refill. A 429's ``retry-after`` pauses every call (:meth:`pause`).
+
+    >>> pacer = Pacer(tokens_per_call=100, low_water=8)
+    >>> pacer.observe(RateLimitState(600, 4, 59.6, None, None, None))   # 10 requests/s refill
+    >>> round(pacer.interval_s, 3)
+    0.1
+    """
+
+    def __init__(self, *, tokens_per_call: int, low_water: int = 8) -> None:
+        self.tokens_per_call = max(tokens_per_call, 1)
+        self.low_water = max(low_water, 1)
+        self.interval_s = 0.0
+        """Spacing between calls while the window runs low; 0 when it does not."""
+        self._not_before = 0.0
+        self._next_turn = 0.0
+
+    async def wait_turn(self) -> None:
+        """Wait until this call may go: past any pause, and its turn when calls are spaced."""
+        while True:
+            now = time.monotonic()
+            start = max(self._not_before, self._next_turn if self.interval_s else 0.0)
+            if start <= now:
+                break
+            await anyio.sleep(start - now)  # a pause may have grown meanwhile: look again
+        self._next_turn = max(now, self._next_turn) + self.interval_s
+
+    def pause(self, seconds: float) -> None:
+        self._not_before = max(self._not_before, time.monotonic() + seconds)
+
+    def observe(self, state: RateLimitState) -> None:
+        intervals: list[float] = []
+        request_rate = _refill_rate(state.limit_requests, state.remaining_requests, state.reset_requests_s)
+        if state.remaining_requests is not None and state.remaining_requests <= self.low_water:
+            if request_rate:
+                intervals.append(1.0 / request_rate)
+            if state.remaining_requests <= 0:
+                self.pause(1.0 / request_rate if request_rate else state.reset_requests_s or 1.0)
+        token_rate = _refill_rate(state.limit_tokens, state.remaining_tokens, state.reset_tokens_s)
+        if (state.remaining_tokens is not None
+                and state.remaining_tokens <= self.tokens_per_call * self.low_water):
+            if token_rate:
+                intervals.append(self.tokens_per_call / token_rate)
+            short = self.tokens_per_call - state.remaining_tokens
+            if short > 0:
+                self.pause(short / token_rate if token_rate else state.reset_tokens_s or 1.0)
+        self.interval_s = max(intervals, default=0.0)
+
+
+def _refill_rate(limit: int | None, remaining: int | None, reset_s: float | None) -> float | None:
+    """Units per second a continuously refilling bucket gains, from one answer's headers."""
+    if limit is None or remaining is None or not reset_s or reset_s <= 0 or remaining >= limit:
+        return None
+    return (limit - remaining) / reset_s
+
+
+@dataclass(slots=True)
+class Budget:
+    """The job-wide caps, with what was spent before this stage started."""
+
+    max_requests: int | None
+    max_tokens: int | None
+    max_dollars: float | None
+    requests: int
+    tokens: int
+    dollars: float
+
+    def refuses(self, tokens: int, dollars: float) -> str | None:
+        """The name of the cap that one more call of this size would break, if any."""
+        if self.max_requests is not None and self.requests + 1 > self.max_requests:
+            return "max_requests"
+        if self.max_tokens is not None and self.tokens + tokens > self.max_tokens:
+            return "max_tokens"
+        if self.max_dollars is not None and self.dollars + dollars > self.max_dollars:
+            return "max_dollars"
+        return None
+
+
+@dataclass(slots=True)
+class _Call:
+    custom_id: str
+    body: dict[str, Any]
+    attempts: int
+    estimate_tokens: int
+    estimate_usd: float
+
+
+@dataclass(slots=True)
+class _Outcome:
+    call: _Call
+    result: ResultRecord | None = None
+    error: APIError | None = None
+
+
+async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, price: Price | None, *,
+                           deadline_passed: bool = False,
+                           retry: RetryPolicy | None = None) -> FlexReport:
+    """Send the job's eligible retryable requests through the synchronous path until none is
+    left (or the budget stops it). Requests not eligible under the job's triggers stay put."""
+    fallback = spec.policy.fallback
+    report = FlexReport(tier=fallback.service_tier)
+    if not fallback.enabled:
+        return report
+    started = time.monotonic()
+    recovered = [r.custom_id for r in ledger.iter_requests(spec.name, RequestStatus.IN_FLIGHT)]
+    report.recovered_in_flight = ledger.transition(
+        recovered, RequestStatus.IN_FLIGHT, RequestStatus.RETRYABLE,
+        last_error=FLEX_PREFIX + "recovered after an interrupted run")
+    triggers = frozenset(fallback.triggers) | ({"deadline_passed"} if deadline_passed else set())
+    totals = ledger.request_totals(spec.name)
+    budget = Budget(spec.policy.budget.max_requests, spec.policy.budget.max_tokens,
+                    spec.policy.budget.max_dollars, int(totals["attempts"]),
+                    int(totals["prompt_tokens"] + totals["completion_tokens"]), float(totals["cost_usd"]))
+    # A request of a dropped shard never went through a batch: it spent no attempt there.
+    dropped = frozenset(s["key"] for s in ledger.shards(spec.name) if s["step"] == ShardStep.DROPPED)
+    stage = _Stage(ledger, client, spec, price, report, budget, triggers, retry or RetryPolicy(),
+                   dropped)
+    await stage.run()
+    report.elapsed_s = round(time.monotonic() - started, 3)
+    return report
+
+
+class _Stage:
+    def __init__(self, ledger: Ledger, client: GroqClient, spec: JobSpec, price: Price | None,
+                 report: FlexReport, budget: Budget, triggers: frozenset[str], retry: RetryPolicy,
+                 dropped_shards: frozenset[str]) -> None:
+        self.ledger, self.client, self.spec, self.price = ledger, client, spec, price
+        self.report, self.budget, self.triggers, self.retry = report, budget, triggers, retry
+        self.dropped_shards = dropped_shards
+        self.tier = spec.policy.fallback.service_tier
+        self.max_attempts = spec.policy.fallback.max_attempts
+        self.outputs = OutputValidator.for_job(spec)
+        self.invalid_retries = spec.policy.retry_invalid_output
+        self.concurrency = spec.policy.fallback.concurrency
+        self.completion_estimate = estimate_completion_tokens(spec)
+        self.pacer = Pacer(tokens_per_call=self.completion_estimate, low_water=self.concurrency)
+        self.due: dict[str, float] = {}
+        """custom_id → monotonic time before which a requeued request is not sent again."""
+        self.rate_limited: dict[str, int] = {}
+        """custom_id → 429s it got in this stage: attempts that do not count against the limit."""
+        self.in_flight = 0
+        """Calls moved to in_flight whose outcome is not yet recorded in the ledger."""
+
+    async def run(self) -> None:
+        send_calls, receive_calls = anyio.create_memory_object_stream[_Call](self.concurrency)
+        send_done, receive_done = anyio.create_memory_object_stream[_Outcome](
+            max(self.concurrency * 4, RECORD_EVERY))
+        limiter = anyio.CapacityLimiter(self.concurrency)
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._record, receive_done)
+            async with send_done:
+                for _ in range(self.concurrency):
+                    group.start_soon(self._work, receive_calls.clone(), send_done.clone(), limiter)
+                receive_calls.close()
+                await self._produce(send_calls)
+
+    async def _produce(self, send: ObjectSendStream[_Call]) -> None:
+        """Page through the job's retryable requests, again and again, until none is eligible,
+        due later, or in flight. Calls are claimed (retryable → in_flight) a group at a time,
+        one transaction per group, just before they are handed to the workers."""
+        group_size = max(self.concurrency, CLAIM_GROUP)
+        async with send:
+            while True:
+                claimed = 0
+                group: list[_Call] = []
+                for request in self.ledger.iter_requests(self.spec.name, RequestStatus.RETRYABLE):
+                    call = self._next_call(request)
+                    if call is None:
+                        continue
+                    refused = self.budget.refuses(call.estimate_tokens, call.estimate_usd)
+                    if refused is not None:
+                        self.report.budget_exhausted = refused
+                        await self._dispatch(group, send)
+                        return
+                    self.budget.requests += 1
+                    self.budget.tokens += call.estimate_tokens
+                    self.budget.dollars += call.estimate_usd
+                    group.append(call)
+                    if len(group) >= group_size:
+                        claimed += await self._dispatch(group, send)
+                        group = []
+                claimed += await self._dispatch(group, send)
+                if claimed:
+                    continue
+                if self.in_flight == 0 and not self._waiting():
+                    return
+                await anyio.sleep(min(self._next_due_in(), 0.25) if self._waiting() else 0.02)
+
+    def _next_call(self, request: OpenRequest) -> _Call | None:
+        """The call to make for a retryable request now, or None (not eligible, given up, or
+        not due yet)."""
+        custom_id = request.custom_id
+        if not eligible(request.last_error, self.triggers):
+            return None
+        if is_invalid_output(request.last_error) and request.attempts > self.invalid_retries:
+            self._give_up(custom_id, request.attempts, request.last_error)
+            return None
+        # A request that went through a batch spent one attempt there; 429s spent none.
+        went_through_batch = request.shard_key is not None and request.shard_key not in self.dropped_shards
+        limit = self.max_attempts + went_through_batch + self.rate_limited.get(custom_id, 0)
+        if request.attempts >= limit:
+            self._give_up(custom_id, request.attempts, request.last_error)
+            return None
+        if self.due.get(custom_id, 0.0) > time.monotonic():
+            return None
+        return self._call(custom_id, request.body, request.attempts)
+
+    async def _dispatch(self, group: list[_Call], send: ObjectSendStream[_Call]) -> int:
+        """Claim a group of calls in one transaction, then queue them for the workers."""
+        if not group:
+            return 0
+        ids = [call.custom_id for call in group]
+        moved = self.ledger.transition(ids, RequestStatus.RETRYABLE, RequestStatus.IN_FLIGHT,
+                                       tier=self.tier)
+        if moved != len(group):
+            # Another process moved some meanwhile (two runs of one job at once): send only
+            # what is in flight now, and undo the estimates of the rest.
+            log.warning("flex: %d of %d requests were moved by someone else", len(group) - moved,
+                        len(group))
+            statuses = self.ledger.statuses(ids)
+            for call in group:
+                if statuses.get(call.custom_id) is not RequestStatus.IN_FLIGHT:
+                    self.budget.requests -= 1
+                    self._refund(call)
+            group = [call for call in group if statuses.get(call.custom_id) is RequestStatus.IN_FLIGHT]
+        self.in_flight += len(group)
+        for call in group:
+            await send.send(call)
+        return len(group)
+
+    def _waiting(self) -> bool:
+        now = time.monotonic()
+        return any(when > now for when in self.due.values())
+
+    def _next_due_in(self) -> float:
+        now = time.monotonic()
+        return max(0.0, min((w for w in self.due.values() if w > now), default=now) - now)
+
+    def _call(self, custom_id: str, body: bytes, attempts: int) -> _Call:
+        prompt = estimate_prompt_tokens(body)
+        usd = self.price.cost(prompt, self.completion_estimate, "flex") if self.price else 0.0
+        return _Call(custom_id, orjson.loads(body), attempts, prompt + self.completion_estimate, usd)
+
+    def _refund(self, call: _Call) -> None:
+        self.budget.tokens -= call.estimate_tokens
+        self.budget.dollars -= call.estimate_usd
+
+    def _give_up(self, custom_id: str, attempts: int, last_error: str | None) -> None:
+        moved = self.ledger.transition(
+            [custom_id], RequestStatus.RETRYABLE, RequestStatus.FAILED,
+            last_error=f"{last_error} (gave up after {attempts} attempts)")
+        self.report.gave_up += moved
+        self.due.pop(custom_id, None)
+
+    async def _work(self, receive: ObjectReceiveStream[_Call], send: ObjectSendStream[_Outcome],
+                    limiter: anyio.CapacityLimiter) -> None:
+        async with receive, send:
+            async for call in receive:
+                async with limiter:
+                    await self.pacer.wait_turn()  # here, not in the producer: queued calls wait too
+                    await send.send(await self._attempt(call))
+
+    async def _attempt(self, call: _Call) -> _Outcome:
+        try:
+            reply = await self.client.chat(call.body, service_tier=self.tier, retry=NO_RETRY)
+        except PermanentAPIError as exc:
+            return _Outcome(call, result=self._failed(call, exc))
+        except APIError as exc:
+            if isinstance(exc, RateLimitedError):
+                # Now, not when the outcome is recorded: no other call goes out meanwhile.
+                self.pacer.pause(self._backoff_s(call.attempts, exc))
+            return _Outcome(call, error=exc)
+        self.pacer.observe(reply.rate_limits)
+        return _Outcome(call, result=self._succeeded(call, reply))
+
+    def _succeeded(self, call: _Call, reply: ChatReply) -> ResultRecord:
+        """A 200 answer: succeeded with its parsed output, or (not parsing or not fitting the
+        output schema) an invalid output — paid for all the same (see :mod:`jobs.outputs`)."""
+        usage: Mapping[str, Any] = reply.body.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        outcome, parsed, error = RequestStatus.SUCCEEDED, None, None
+        if self.outputs is not None:
+            verdict = self.outputs.judge(reply.body)
+            parsed, error = verdict.parsed, verdict.invalid
+            if error is not None:
+                outcome = self.outputs.invalid_outcome
+        return ResultRecord(call.custom_id, outcome, ResultSource.FLEX, status_code=200,
+                            body=orjson.dumps(reply.body), error=error, parsed=parsed,
+                            prompt_tokens=prompt, completion_tokens=completion,
+                            cost_usd=self.price.cost(prompt, completion, "flex") if self.price else 0.0)
+
+    def _failed(self, call: _Call, exc: PermanentAPIError) -> ResultRecord:
+        body = exc.body if exc.body is not None else {"error": {"message": exc.message}}
+        reason = json_validate_failed(body)
+        if reason is not None:  # Groq's constrained decoding gave up: an invalid output
+            outcome = self.outputs.invalid_outcome if self.outputs else RequestStatus.FAILED
+            return ResultRecord(call.custom_id, outcome, ResultSource.FLEX,
+                                status_code=exc.status_code, body=orjson.dumps(body),
+                                error=invalid_output_error(reason))
+        inner = body.get("error") if isinstance(body, dict) else body
+        return ResultRecord(call.custom_id, RequestStatus.FAILED, ResultSource.FLEX,
+                            status_code=exc.status_code, body=orjson.dumps(body),
+                            error=orjson.dumps(inner).decode())
+
+    async def _record(self, receive: MemoryObjectReceiveStream[_Outcome]) -> None:
+        """Write outcomes in chunks: what arrives within ``RECORD_WAIT_S`` of the first, and
+        while the last chunk was being written.
+
+        The ledger write runs on a worker thread, so calls go on meanwhile; a request counts as
+        in flight until its outcome is in the ledger, so the producer never ends early. (No
+        timeout around ``receive()``: an item handed over as the timeout fires would be lost.)"""
+        async with receive:
+            async for first in receive:
+                outcomes = [first]
+                if self.in_flight > 1:
+                    await anyio.sleep(RECORD_WAIT_S)
+                while len(outcomes) < RECORD_EVERY:
+                    try:
+                        outcomes.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                records = [self._settle(outcome) for outcome in outcomes]
+                await anyio.to_thread.run_sync(self.ledger.record_results, records)
+                self.in_flight -= len(outcomes)
+
+    def _settle(self, outcome: _Outcome) -> ResultRecord:
+        self.report.sent += 1
+        if outcome.result is not None:
+            self._count(outcome.result)
+            return outcome.result
+        assert outcome.error is not None
+        return self._requeue(outcome.call, outcome.error)
+
+    def _count(self, result: ResultRecord) -> None:
+        report = self.report
+        # Paid for whatever came of it (an invalid output too).
+        report.prompt_tokens += result.prompt_tokens
+        report.completion_tokens += result.completion_tokens
+        report.cost_usd += result.cost_usd
+        if result.outcome is RequestStatus.SUCCEEDED:
+            report.succeeded += 1
+            return
+        if result.outcome is RequestStatus.RETRYABLE:  # an invalid output, to be asked again
+            report.requeued += 1
+        else:
+            report.failed += 1
+        report.invalid_output += is_invalid_output(result.error)
+        if result.status_code != 200:
+            key = str(result.status_code)
+            report.status_counts[key] = report.status_counts.get(key, 0) + 1
+
+    def _requeue(self, call: _Call, error: APIError) -> ResultRecord:
+        """A retryable failure: back to retryable, due after the backoff (or retry-after)."""
+        report = self.report
+        report.requeued += 1
+        key = str(error.status_code) if error.status_code is not None else "transport"
+        report.status_counts[key] = report.status_counts.get(key, 0) + 1
+        if isinstance(error, RateLimitedError):
+            self.rate_limited[call.custom_id] = self.rate_limited.get(call.custom_id, 0) + 1
+        self.due[call.custom_id] = time.monotonic() + self._backoff_s(call.attempts, error)
+        self._refund(call)  # a refused call costs nothing
+        return ResultRecord(call.custom_id, RequestStatus.RETRYABLE, ResultSource.FLEX,
+                            status_code=error.status_code, error=FLEX_PREFIX + _error_text(error))
+
+    def _backoff_s(self, attempts: int, error: APIError) -> float:
+        retry_after = error.retry_after_s if isinstance(error, RetryableAPIError) else None
+        if retry_after is not None and 0 <= retry_after <= self.retry.max_retry_after_s:
+            return retry_after
+        cap = min(self.retry.max_backoff_s, self.retry.initial_backoff_s * 2 ** max(attempts - 1, 0))
+        return random.uniform(0, cap)  # full jitter, as tenacity's wait_random_exponential
+
+
+def _error_text(error: APIError) -> str:
+    """A retryable error as kept in ``last_error``: the status and the server's error object
+    whole (``{"message", "type", "code"}``), else our message (a transport failure)."""
+    body = error.body.get("error") if isinstance(error.body, dict) else None
+    detail: Any = body if isinstance(body, dict) else {"code": error.code, "message": error.message}
+    return orjson.dumps({"status": error.status_code, "error": detail}).decode()
