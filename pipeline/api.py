@@ -23,11 +23,11 @@ from typing import Any, Literal
 
 import anyio
 
-from jobs import JobSpec, PlanReport, job_from_dict, load_job, plan_job
+from jobs import JobSpec, PlanReport, job_from_dict, load_job
 
 from .errors import ConfigError
 from .export import iter_results
-from .planning import existing_ledger, resolve_model
+from .planning import existing_ledger, plan_config
 from .runner import RunSummary, run_job
 
 __all__ = ["job_from_dict", "load", "plan", "results", "results_frame", "run", "run_async"]
@@ -48,13 +48,7 @@ def _job(job: JobLike) -> tuple[JobSpec, Path | None]:
 
 def plan(job: JobLike, *, refresh: bool = False) -> PlanReport:
     """What a run would send and cost; spends nothing, writes nothing."""
-    spec, config = _job(job)
-    ledger = existing_ledger(spec)
-    try:
-        return plan_job(spec, ledger, refresh=refresh, model=resolve_model(spec, ledger, config=config))
-    finally:
-        if ledger is not None:
-            ledger.close()
+    return plan_config(job if isinstance(job, JobSpec) else Path(job), refresh=refresh)
 
 
 async def run_async(job: JobLike, *, wait: bool = True, refresh: bool = False,

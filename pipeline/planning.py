@@ -53,11 +53,12 @@ def resolve_job_model(spec: JobSpec, *, config: str | Path | None = None) -> str
             ledger.close()
 
 
-def plan_config(config: str | Path, *, refresh: bool = False) -> PlanReport:
-    spec = load_job(config)
+def plan_config(config: JobSpec | str | Path, *, refresh: bool = False) -> PlanReport:
+    """Plan a job given as a loaded spec or a config path (the CLI's and the API's plan)."""
+    spec, path = (config, None) if isinstance(config, JobSpec) else (load_job(config), config)
     ledger = existing_ledger(spec)
     try:
-        return plan_job(spec, ledger, refresh=refresh, model=resolve_model(spec, ledger, config=config))
+        return plan_job(spec, ledger, refresh=refresh, model=resolve_model(spec, ledger, config=path))
     finally:
         if ledger is not None:
             ledger.close()
