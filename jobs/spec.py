@@ -235,7 +235,8 @@ class JobSpec(_Table):
     def resolve_path(self, value: str) -> Path:
         """``value`` relative to :attr:`base_dir` (``~`` expanded)."""
         path = Path(value).expanduser()
-        return path if path.is_absolute() else self._base_dir / path
+        # normpath: "configs/../out/x.jsonl" reads as "out/x.jsonl" in messages and summaries.
+        return Path(os.path.normpath(path if path.is_absolute() else self._base_dir / path))
 
     @property
     def input_path(self) -> Path:

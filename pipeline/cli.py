@@ -210,7 +210,7 @@ def run(config: Path, no_wait: bool, refresh: bool, run_name: str | None, quiet:
     if as_json:
         echo_json(summary.as_dict())
     else:
-        print_run_summary(summary)
+        print_run_summary(summary, config=str(config))
 
 
 @main.command()

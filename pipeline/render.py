@@ -115,7 +115,7 @@ class ProgressDisplay:
         return table
 
 
-def print_run_summary(summary: RunSummary) -> None:
+def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
     console = _console()
     c = summary.compile
     r = summary.requests
@@ -140,6 +140,7 @@ def print_run_summary(summary: RunSummary) -> None:
     console.print(f"  tokens: {int(t['prompt_tokens']):,} prompt + {int(t['completion_tokens']):,} completion; "
                   f"cost ${t['cost_usd']:.6f}")
     console.print(f"  results: in the ledger {summary.ledger}")
+    console.print(f"  export them joined to the input rows: groqbatch export {config} → {summary.output}")
     evaluation = summary.evaluation
     if evaluation is not None:
         if evaluation.get("skipped"):

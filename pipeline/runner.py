@@ -71,6 +71,8 @@ class RunSummary:
     backend: str
     model: str
     ledger: str
+    output: str
+    """Where ``groqbatch export`` writes the results joined to the input rows."""
     finished: bool
     """Nothing left in flight: every shard reconciled."""
     elapsed_s: float
@@ -174,6 +176,7 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
             backend=describe_backend(spec),
             model=model,
             ledger=ledger.url,
+            output=str(spec.output_path),
             finished=in_flight == 0,
             elapsed_s=round(time.monotonic() - started, 3),
             compile=compiled.as_dict(),
