@@ -34,6 +34,7 @@ from .errors import (
     RateLimitedError,
     RetryableAPIError,
     TransportError,
+    redact_json,
 )
 from .retry import RetryPolicy
 
@@ -181,6 +182,7 @@ def error_for_response(response: httpx.Response, *, what: str) -> APIError:
         body: Any = response.json()
     except ValueError:
         body = response.text[:2000]
+    body = redact_json(body)  # kept whole on the error, and by flex in the ledger
     error = body.get("error") if isinstance(body, dict) else None
     message = (error or {}).get("message") if isinstance(error, dict) else None
     code = (error or {}).get("code") if isinstance(error, dict) else None

@@ -43,6 +43,7 @@ __all__ = [
     "TransportError",
     "exit_code_for",
     "redact",
+    "redact_json",
 ]
 
 _SECRET = re.compile(r"(gsk_|sk-)[A-Za-z0-9_\-]{4,}|(?i:bearer\s+)[^\s\"',]+")
@@ -51,6 +52,21 @@ _SECRET = re.compile(r"(gsk_|sk-)[A-Za-z0-9_\-]{4,}|(?i:bearer\s+)[^\s\"',]+")
 def redact(text: str) -> str:
     """Mask anything that looks like an API key or a bearer token."""
     return _SECRET.sub("***", text)
+
+
+def redact_json(value: Any) -> Any:
+    """:func:`redact` every string (keys too) of a parsed JSON value, keeping its shape.
+
+    An error body is kept whole on the exception and in the ledger; a server or proxy that
+    echoes the key (``"Invalid API Key gsk_…"``) must not put it there.
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_json(key): redact_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_json(item) for item in value]
+    return value
 
 
 class GroqBatchError(Exception):

@@ -19,8 +19,10 @@ exactly as compiled. A continuous pipeline keeps ``concurrency`` calls in flight
   backoff — or, on a 429, after the server's ``retry-after``, which also pauses every worker
   at once (a call already queued waits too). A 429 is the server's pacing, not a failed try:
   it does not count against ``max_attempts``. Other 4xx are permanent failures of that
-  request, recorded with their body. A request whose ``max_attempts`` are spent fails with its
-  last error.
+  request, recorded with their body — except 401/403, which are about the key, not the request:
+  nothing more is sent, what was claimed goes back to retryable, and the stage raises the
+  :class:`AuthenticationError`. A request whose ``max_attempts`` are spent fails with its last
+  error.
 - **Pace.** An anyio ``CapacityLimiter`` bounds concurrency; :class:`Pacer` reads the
   ``x-ratelimit-*`` headers of each answer. The server's buckets refill continuously, so the
   refill rate is ``(limit - remaining) / reset``; once few requests (or tokens) are left, calls
@@ -57,7 +59,13 @@ from state import Ledger, OpenRequest, RequestStatus, ResultRecord, ResultSource
 
 from .client import ChatReply, GroqClient, RateLimitState
 from .deadline import DROPPED_REASON
-from .errors import APIError, PermanentAPIError, RateLimitedError, RetryableAPIError
+from .errors import (
+    APIError,
+    AuthenticationError,
+    PermanentAPIError,
+    RateLimitedError,
+    RetryableAPIError,
+)
 from .reconcile import MISSING
 from .retry import NO_RETRY, RetryPolicy
 
@@ -265,6 +273,8 @@ async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, pr
                    dropped)
     await stage.run()
     report.elapsed_s = round(time.monotonic() - started, 3)
+    if stage.refused is not None:
+        raise stage.refused
     return report
 
 
@@ -288,6 +298,9 @@ class _Stage:
         """custom_id → 429s it got in this stage: attempts that do not count against the limit."""
         self.in_flight = 0
         """Calls moved to in_flight whose outcome is not yet recorded in the ledger."""
+        self.refused: AuthenticationError | None = None
+        """A 401/403: the key is wrong or not allowed. Not the request's fault — nothing more is
+        sent, what was claimed goes back to retryable, and the stage raises it at the end."""
 
     async def run(self) -> None:
         send_calls, receive_calls = anyio.create_memory_object_stream[_Call](self.concurrency)
@@ -312,6 +325,8 @@ class _Stage:
                 claimed = 0
                 group: list[_Call] = []
                 for request in self.ledger.iter_requests(self.spec.name, RequestStatus.RETRYABLE):
+                    if self.refused is not None:
+                        break
                     call = self._next_call(request)
                     if call is None:
                         continue
@@ -327,6 +342,8 @@ class _Stage:
                     if len(group) >= group_size:
                         claimed += await self._dispatch(group, send)
                         group = []
+                if self.refused is not None:
+                    return
                 claimed += await self._dispatch(group, send)
                 if claimed:
                     continue
@@ -404,6 +421,9 @@ class _Stage:
                     limiter: anyio.CapacityLimiter) -> None:
         async with receive, send:
             async for call in receive:
+                if self.refused is not None:  # claimed before the refusal: back, unsent
+                    await send.send(_Outcome(call, error=self.refused))
+                    continue
                 async with limiter:
                     await self.pacer.wait_turn()  # here, not in the producer: queued calls wait too
                     await send.send(await self._attempt(call))
@@ -411,6 +431,11 @@ class _Stage:
     async def _attempt(self, call: _Call) -> _Outcome:
         try:
             reply = await self.client.chat(call.body, service_tier=self.tier, retry=NO_RETRY)
+        except AuthenticationError as exc:
+            # The key, not the request: failing every request for good would leave nothing to
+            # retry once the key is fixed. Back to retryable, and the stage stops.
+            self.refused = self.refused or exc
+            return _Outcome(call, error=exc)
         except PermanentAPIError as exc:
             return _Outcome(call, result=self._failed(call, exc))
         except APIError as exc:

@@ -41,7 +41,6 @@ from jobs.outputs import (
     json_validate_failed,
 )
 from state import Ledger, QuarantineRecord, RequestStatus, ResultRecord, ResultSource, ShardStep
-from state.status import AWAITING_ANSWER
 
 from .client import GroqClient
 from .errors import RetryableAPIError
@@ -149,19 +148,19 @@ def apply_file(ledger: Ledger, path: Path, shard: Mapping[str, Any], file_id: st
                 if not raw.strip():
                     continue
                 report.lines += 1
-                result = _parse_line(raw, batch_id, price, outputs)
+                result = _parse_line(raw, batch_id, price, outputs, shard_key=shard["key"])
                 if isinstance(result, str):
                     bad.append(quarantined(raw, result, line_no))
                 else:
                     parsed.append((line_no, raw, result))
             # One look-up of the chunk's ids, in the transaction that stores the answers: the
             # status each known id had before (an id the ledger never sent is not in it).
-            known = ledger.record_result_chunk(result for _, _, result in parsed)
+            known, taken = ledger.record_result_chunk(result for _, _, result in parsed)
             for line_no, raw, result in parsed:
                 status = known.get(result.custom_id)
                 if status is None:
                     bad.append(quarantined(raw, f"unknown custom_id {result.custom_id!r}", line_no))
-                elif status in AWAITING_ANSWER and result.custom_id not in counted:
+                elif result.custom_id in taken and result.custom_id not in counted:
                     counted.add(result.custom_id)
                     setattr(report, result.outcome.value, getattr(report, result.outcome.value) + 1)
                     report.invalid_output += is_invalid_output(result.error)
@@ -173,7 +172,8 @@ def apply_file(ledger: Ledger, path: Path, shard: Mapping[str, Any], file_id: st
 
 
 def _parse_line(raw: bytes, batch_id: str | None, price: Price | None,
-                outputs: OutputValidator | None = None) -> ResultRecord | str:
+                outputs: OutputValidator | None = None, *,
+                shard_key: str | None = None) -> ResultRecord | str:
     """A result, or the reason the line goes to the quarantine.
 
     With ``outputs`` (the job's output schema), a 200 answer is parsed and checked: one that
@@ -218,10 +218,12 @@ def _parse_line(raw: bytes, batch_id: str | None, price: Price | None,
             body=orjson.dumps(body) if body is not None else None, error=error_text,
             parsed=parsed, batch_id=batch_id, prompt_tokens=prompt, completion_tokens=completion,
             cost_usd=price.cost(prompt, completion, "batch") if price else 0.0,
+            shard_key=shard_key,
         )
     if isinstance(error, dict):
         return ResultRecord(custom_id, RequestStatus.RETRYABLE, ResultSource.BATCH,
-                            error=orjson.dumps(error).decode(), batch_id=batch_id)
+                            error=orjson.dumps(error).decode(), batch_id=batch_id,
+                            shard_key=shard_key)
     return "neither a response with a status_code nor an error"
 
 

@@ -296,16 +296,20 @@ class Ledger:
 
         Only a request awaiting an answer (submitted or in_flight) takes one, moving to the
         result's ``outcome``; its tokens and cost are added to the request. A line read twice, a
-        duplicate line, or a late batch line for a request flex already answered changes
-        nothing. Each chunk is written in custom_id order (over twice as fast as random order).
+        duplicate line, a late batch line for a request flex already answered, or a line of an
+        old batch for a request since compiled into another shard changes nothing. Each chunk is written in custom_id order (over twice as fast as random order).
         """
         return reconcile.record_results(self._db, results)
 
-    def record_result_chunk(self, results: Iterable[ResultRecord]) -> dict[str, RequestStatus]:
+    def record_result_chunk(
+        self, results: Iterable[ResultRecord]
+    ) -> tuple[dict[str, RequestStatus], frozenset[str]]:
         """:meth:`record_results` for one chunk, in one transaction, saying what it found:
-        the status each known custom_id had before (ids the ledger never sent are left out).
+        the status each known custom_id had before (ids the ledger never sent are left out),
+        and the ids that took their (first) result.
 
-        Those awaiting an answer took their (first) result. Reconcile uses the map to
+        A request takes a result when it awaits one and — for a batch line, whose
+        ``shard_key`` is set — is still in that line's shard. Reconcile uses the map to
         quarantine unknown ids and count duplicates, so the ids are looked up once per chunk.
         """
         return reconcile.record_result_chunk(self._db, results)

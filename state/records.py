@@ -59,6 +59,10 @@ class ResultRecord:
     ``body`` is the response body JSON, uncompressed; ``error`` the error object as JSON text;
     ``parsed`` the parsed structured output as JSON text, when the job asks for one. Tokens and
     cost are what this answer used; they are added to the request's totals.
+
+    ``shard_key`` (batch lines) names the shard whose batch gave the line: only a request
+    still in that shard takes it. A request compiled into a newer shard since (``--refresh``
+    after a run killed mid-reconcile) awaits that batch's answer, not the old one's.
     """
 
     custom_id: str
@@ -72,6 +76,7 @@ class ResultRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    shard_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:

@@ -55,31 +55,33 @@ def record_results(db: Database, results: Iterable[ResultRecord]) -> int:
     moved = 0
     for chunk in chunked(results, CHUNK_SIZE):
         with db.transaction("record_results") as connection:
-            moved += _record(db, connection, chunk)[1]
+            moved += len(_record(db, connection, chunk)[1])
     return moved
 
 
 def record_result_chunk(
     db: Database, results: Iterable[ResultRecord]
-) -> dict[str, RequestStatus]:
+) -> tuple[dict[str, RequestStatus], frozenset[str]]:
     """See :meth:`state.Ledger.record_result_chunk`."""
     with db.transaction("record_results") as connection:
-        return _record(db, connection, list(results))[0]
+        before, taken = _record(db, connection, list(results))
+    return before, frozenset(result.custom_id for result in taken)
 
 
 def _record(
     db: Database, connection: Connection, chunk: Sequence[ResultRecord]
-) -> tuple[dict[str, RequestStatus], int]:
+) -> tuple[dict[str, RequestStatus], list[ResultRecord]]:
     """Store the answers of one chunk in ``connection``'s transaction.
 
-    Returns the status each known custom_id had before, and how many requests moved.
+    Returns the status each known custom_id had before, and the answers taken.
     """
     first: dict[str, ResultRecord] = {}
     for result in chunk:  # a duplicate line within the chunk: the first one counts
         first.setdefault(result.custom_id, result)
-    before = _statuses(db, connection, list(first))
+    found = _statuses(db, connection, list(first))
+    before = {custom_id: status for custom_id, (status, _) in found.items()}
     # In custom_id order: over twice as fast as the file's order on the B-trees.
-    taken = [first[key] for key in sorted(first) if before.get(key) in AWAITING_ANSWER]
+    taken = [first[key] for key in sorted(first) if _takes(first[key], found.get(key))]
     if taken:
         now = time.time()
         stored = []
@@ -108,21 +110,32 @@ def _record(
             ))
         _store_statement(db).run(connection, stored)
         _move_statement(db).run(connection, moves)
-    return before, len(taken)
+    return before, taken
 
 
-def _statuses(db: Database, connection: Connection, custom_ids: list[str]) -> dict[str, RequestStatus]:
-    """The status of each of ``custom_ids`` the ledger knows, read in the write transaction
-    (on PostgreSQL locking the rows, so nothing moves them between this read and the write)."""
-    query = select(t.requests.c.custom_id, t.requests.c.status).where(
+def _takes(result: ResultRecord, found: tuple[RequestStatus, str | None] | None) -> bool:
+    """Whether the request (its status and shard, or None if unknown) takes this answer: it
+    awaits one, and — for a batch line — still belongs to the shard whose batch gave it."""
+    if found is None or found[0] not in AWAITING_ANSWER:
+        return False
+    return result.shard_key is None or result.shard_key == found[1]
+
+
+def _statuses(
+    db: Database, connection: Connection, custom_ids: list[str]
+) -> dict[str, tuple[RequestStatus, str | None]]:
+    """The status and shard of each of ``custom_ids`` the ledger knows, read in the write
+    transaction (on PostgreSQL locking the rows, so nothing moves them between this read and
+    the write)."""
+    query = select(t.requests.c.custom_id, t.requests.c.status, t.requests.c.shard_key).where(
         t.requests.c.custom_id.in_(bindparam("ids", expanding=True))
     )
     if db.dialect == "postgresql":
         query = query.with_for_update()
-    found: dict[str, RequestStatus] = {}
+    found: dict[str, tuple[RequestStatus, str | None]] = {}
     for chunk in chunked(custom_ids, CHUNK_SIZE):
-        for custom_id, status in connection.execute(query, {"ids": chunk}):
-            found[custom_id] = _STATUS[status]
+        for custom_id, status, shard_key in connection.execute(query, {"ids": chunk}):
+            found[custom_id] = (_STATUS[status], shard_key)
     return found
 
 

@@ -19,6 +19,7 @@ from pipeline.emulator import Emulator, EmulatorConfig, RateLimit, Scenario
 from pipeline.emulator.config import Storm
 from pipeline.emulator.errors import APIProblem
 from pipeline.emulator.serve import ThreadedServer
+from pipeline.errors import AuthenticationError
 from pipeline.runner import run_job
 from tests.integration.flexjobs import assert_settled_once, chat_log, flex_error, write_flex_job
 from tests.integration.lifecycle import MODEL, answer_of, put_scenario, read_ledger
@@ -195,3 +196,25 @@ async def test_a_permanent_4xx_fails_that_request_with_its_body_and_is_not_retri
         assert orjson.loads(request.last_error or "null") == body["error"]
         assert request.prompt_tokens == 0
         assert request.cost_usd == 0
+
+
+async def test_a_refused_key_stops_the_fallback_and_fails_no_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 401 is about the key, not the request: nothing is failed for good, the run stops with
+    the error, and once the key is right the next run answers everything."""
+    with flex_server(api_key="gsk_the_right_key_1234") as server:
+        spec = load_job(write_flex_job(tmp_path, rows=ROWS, base_url=server.url, policy=SYNC,
+                                       fallback={"concurrency": 4}))
+        monkeypatch.setenv("GROQ_API_KEY", "gsk_a_revoked_key_5678")
+        with pytest.raises(AuthenticationError, match="Invalid API Key"):
+            await run_job(spec)
+        view = read_ledger(spec)
+        assert {r.status for r in view.requests.values()} == {"retryable"}
+        assert "gsk_a_revoked" not in str(view.requests)
+
+        monkeypatch.setenv("GROQ_API_KEY", "gsk_the_right_key_1234")
+        summary = await run_job(spec)
+
+    assert summary.requests["succeeded"] == ROWS
+    assert summary.requests["failed"] == 0
+    assert set(assert_settled_once(read_ledger(spec), ROWS).values()) == {"flex"}

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from pipeline.client import (
@@ -24,7 +25,7 @@ from pipeline.errors import (
     RetryableAPIError,
     TransportError,
 )
-from pipeline.retry import RetryPolicy
+from pipeline.retry import NO_RETRY, RetryPolicy
 
 pytestmark = pytest.mark.anyio
 
@@ -108,6 +109,25 @@ async def test_the_key_never_reaches_an_error_message() -> None:
             await client.list_files()
     assert "gsk_secret_value_123" not in str(caught.value)
     assert "gsk_secret" not in repr(client)
+
+
+async def test_the_key_never_reaches_a_kept_error_body() -> None:
+    """The body rides on the error and flex stores it in the ledger (results, last_error)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(500, text="upstream said: Authorization: Bearer gsk_secret_value_123")
+        return httpx.Response(401, json={"error": {"message": "Invalid API Key gsk_secret_value_123",
+                                                   "echo": ["Bearer gsk_secret_value_123"]}})
+
+    async with client_for(handler) as client:
+        with pytest.raises(AuthenticationError) as refused:
+            await client.chat({"model": "m", "messages": []}, retry=NO_RETRY)
+        with pytest.raises(RetryableAPIError) as failed:
+            await client.list_models()
+    assert "gsk_secret" not in orjson.dumps(refused.value.body).decode()
+    assert refused.value.body["error"]["message"] == "Invalid API Key ***"
+    assert "gsk_secret" not in str(failed.value.body)
 
 
 async def test_transport_failures_are_retryable() -> None:

@@ -68,12 +68,13 @@ def test_record_result_chunk_says_what_each_id_was_before(ledger: Ledger) -> Non
     def answer(custom_id: str, outcome: RequestStatus = S.SUCCEEDED) -> ResultRecord:
         return ResultRecord(custom_id, outcome, ResultSource.BATCH, 200, b"{}", prompt_tokens=3)
 
-    before = ledger.record_result_chunk(
+    before, taken = ledger.record_result_chunk(
         [answer("b", S.FAILED), answer("a"), answer("a", S.FAILED), answer("p"), answer("nope")]
     )
     assert before == {"a": S.SUBMITTED, "b": S.SUBMITTED, "p": S.PENDING}  # "nope": unknown
+    assert taken == {"a", "b"}
     assert ledger.statuses(["a", "b", "p"]) == {"a": S.SUCCEEDED, "b": S.FAILED, "p": S.PENDING}
     assert ledger.request_totals("enrich")["prompt_tokens"] == 6  # a once, b once
     again = ledger.record_result_chunk([answer("a", S.FAILED)])
-    assert again == {"a": S.SUCCEEDED}
+    assert again == ({"a": S.SUCCEEDED}, frozenset())
     assert ledger.statuses(["a"]) == {"a": S.SUCCEEDED}
