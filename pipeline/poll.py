@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from state import Ledger, ShardStep
 
 from .client import GroqClient, RemoteBatch
-from .errors import RetryableAPIError
+from .errors import PermanentAPIError, RetryableAPIError
 from .faultpoints import crash_point
 
 log = logging.getLogger("groqbatch.poll")
@@ -53,24 +54,48 @@ async def poll_batches(ledger: Ledger, client: GroqClient, job: str) -> PollRepo
         return report
     report.polled = len(batches)
     for batch in batches:
-        shard = in_flight.get(batch.id)
-        if shard is None:
-            continue
-        report.statuses[batch.status] = report.statuses.get(batch.status, 0) + 1
-        counts = _counts(batch)
-        if batch.settled:
+        shard = in_flight.pop(batch.id, None)
+        if shard is not None:
+            _record_batch(ledger, shard, batch, report)
+    # A batch the list left out: ask for it alone. One the server no longer knows (404) is
+    # lost — its shard settles with no files, and reconcile sends its requests to the
+    # fallback as missing — rather than polled forever.
+    for batch_id, shard in in_flight.items():
+        try:
+            _record_batch(ledger, shard, await client.get_batch(batch_id), report)
+        except PermanentAPIError as exc:
+            if exc.status_code != 404:
+                raise
+            log.warning("batch %s of shard %s is unknown to the server; its requests go to "
+                        "the fallback", batch_id, shard["key"])
             ledger.set_shard_step(shard["key"], ShardStep.SUBMITTED, ShardStep.SETTLED,
-                                  batch_status=batch.status, request_counts_json=counts,
-                                  output_file_id=batch.output_file_id,
-                                  error_file_id=batch.error_file_id)
+                                  batch_status=LOST)
             report.settled.append(shard["key"])
-            crash_point("after_settle")
             report.changed += 1
-        elif batch.status != shard["batch_status"] or _stored_counts(shard) != counts:
-            ledger.set_shard_step(shard["key"], ShardStep.SUBMITTED, ShardStep.SUBMITTED,
-                                  batch_status=batch.status, request_counts_json=counts)
-            report.changed += 1
+        except RetryableAPIError as exc:
+            log.warning("polling batch %s: %s; will try again", batch_id, exc)
     return report
+
+
+LOST = "lost"
+"""``batch_status`` of a shard whose batch the server no longer knows."""
+
+
+def _record_batch(ledger: Ledger, shard: dict[str, Any], batch: RemoteBatch, report: PollReport) -> None:
+    report.statuses[batch.status] = report.statuses.get(batch.status, 0) + 1
+    counts = _counts(batch)
+    if batch.settled:
+        ledger.set_shard_step(shard["key"], ShardStep.SUBMITTED, ShardStep.SETTLED,
+                              batch_status=batch.status, request_counts_json=counts,
+                              output_file_id=batch.output_file_id,
+                              error_file_id=batch.error_file_id)
+        report.settled.append(shard["key"])
+        crash_point("after_settle")
+        report.changed += 1
+    elif batch.status != shard["batch_status"] or _stored_counts(shard) != counts:
+        ledger.set_shard_step(shard["key"], ShardStep.SUBMITTED, ShardStep.SUBMITTED,
+                              batch_status=batch.status, request_counts_json=counts)
+        report.changed += 1
 
 
 def _counts(batch: RemoteBatch) -> dict[str, int]:

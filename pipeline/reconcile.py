@@ -43,7 +43,7 @@ from jobs.outputs import (
 from state import Ledger, QuarantineRecord, RequestStatus, ResultRecord, ResultSource, ShardStep
 
 from .client import GroqClient
-from .errors import RetryableAPIError
+from .errors import PermanentAPIError, RetryableAPIError
 from .faultpoints import crash_point
 
 log = logging.getLogger("groqbatch.reconcile")
@@ -71,6 +71,8 @@ class ReconcileReport:
     missing: int = 0
     quarantined: int = 0
     duplicates: int = 0
+    lost_files: int = 0
+    """Output/error files the server no longer had (404): their requests became missing."""
     deferred: int = 0
     """Settled shards whose files could not be downloaded this round; the next one tries again."""
     invalid_output: int = 0
@@ -113,8 +115,18 @@ async def reconcile_shard(ledger: Ledger, client: GroqClient, shard: Mapping[str
         if not file_id:
             continue
         dest = download_dir / f"{file_id}.jsonl"
-        size = (await client.get_file(file_id)).bytes
-        await client.download_file(file_id, dest, expected_bytes=size or None)
+        try:
+            size = (await client.get_file(file_id)).bytes
+            await client.download_file(file_id, dest, expected_bytes=size or None)
+        except PermanentAPIError as exc:
+            if exc.status_code != 404:
+                raise
+            # Gone for good (deleted, or past the server's retention): its lines can never be
+            # read, so its requests are missing — retryable, for the fallback — not stuck.
+            log.warning("shard %s: file %s is gone (404); its requests count as missing",
+                        shard["key"], file_id)
+            report.lost_files += 1
+            continue
         downloaded.append((file_id, dest))
     for file_id, dest in downloaded:
         part = await anyio.to_thread.run_sync(apply_file, ledger, dest, shard, file_id, price,
