@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jobs.inputs import iter_job_rows
-from jobs.requests import RequestBuilder, row_key_for
+from jobs.requests import RequestBuilder, row_key_for, unkeyed_row_key
 from jobs.spec import JobSpec
 from jobs.template import RowRejected
 
@@ -54,7 +54,7 @@ def check_job(spec: JobSpec, *, config_path: str = "", keep_rejections: int = 5,
     report = CheckReport(config=config_path, job=spec.name)
     for row_index, source_line, row in iter_job_rows(spec.input, spec.input_path):
         report.rows += 1
-        row_key = f"#{row_index}"
+        row_key = unkeyed_row_key(row_index)
         try:
             row_key = row_key_for(row, spec.input.id_column)
             builder.build(row)

@@ -32,17 +32,24 @@ text, so vision prompts are undercounted). Completion tokens per request =
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jobs.inputs import iter_job_rows
 from jobs.load import spec_hash, spec_json
-from jobs.requests import CHAT_ENDPOINT, RequestBuilder, batch_line, row_key_for
+from jobs.requests import (
+    CHAT_ENDPOINT,
+    RequestBuilder,
+    batch_line,
+    row_key_for,
+    unkeyed_row_key,
+)
 from jobs.shards import ShardWriter
 from jobs.spec import JobSpec
 from jobs.template import RowRejected
 from state import Ledger, RequestRecord, RequestStatus, RowRecord
+from state.engine import chunked
 
 __all__ = [
     "DEFAULT_COMPLETION_TOKENS",
@@ -128,17 +135,6 @@ class CompileReport:
         return asdict(self)
 
 
-def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def record_rows_and_requests(
     spec: JobSpec,
     ledger: Ledger,
@@ -154,14 +150,14 @@ def record_rows_and_requests(
     """
     tally = RowTally()
     id_column = spec.input.id_column
-    for chunk in _chunks(iter_job_rows(spec.input, spec.input_path), CHUNK_ROWS):
+    for chunk in chunked(iter_job_rows(spec.input, spec.input_path), CHUNK_ROWS):
         rows: list[RowRecord] = []
         requests: dict[str, RequestRecord] = {}  # deduplicated within the chunk
         for row_index, _line, row in chunk:
             try:
                 key = row_key_for(row, id_column)
             except RowRejected as exc:
-                rows.append(RowRecord(f"#{row_index}", row_index, None, exc.reason))
+                rows.append(RowRecord(unkeyed_row_key(row_index), row_index, None, exc.reason))
                 continue
             try:
                 built = builder.build(row)
@@ -274,7 +270,7 @@ def route_to_sync(spec: JobSpec, ledger: Ledger) -> int:
     """``mode = "sync"``: the job's pending requests go straight to the synchronous path
     (pending → retryable), chunk by chunk; no shard files are written."""
     moved = 0
-    for chunk in _chunks((custom_id for custom_id, _ in ledger.iter_pending(spec.name)), CHUNK_ROWS):
+    for chunk in chunked((custom_id for custom_id, _ in ledger.iter_pending(spec.name)), CHUNK_ROWS):
         moved += ledger.transition(chunk, RequestStatus.PENDING, RequestStatus.RETRYABLE,
                                    last_error=SYNC_MODE_REASON)
     return moved

@@ -90,6 +90,20 @@ def row_key_for(row: Mapping[str, Any], id_column: str | None) -> str:
     return "h_" + _b32(digest)
 
 
+def unkeyed_row_key(row_index: int) -> str:
+    """The key of a row whose ``id_column`` is missing or empty: it is recorded (rejected)
+    under its position, and export and validate find it again the same way."""
+    return f"#{row_index}"
+
+
+def row_key_or_position(row: Mapping[str, Any], id_column: str | None, row_index: int) -> str:
+    """:func:`row_key_for`, or :func:`unkeyed_row_key` for a row it rejects."""
+    try:
+        return row_key_for(row, id_column)
+    except RowRejected:
+        return unkeyed_row_key(row_index)
+
+
 def batch_line(custom_id: str, body: bytes) -> bytes:
     """One line of a batch input file, newline included.
 

@@ -33,7 +33,6 @@ A row whose request failed scores 0; a row without a reference is not scored (se
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from jobs.requests import canonical_json, row_key_for
 from jobs.scorers import Scorer, ScorerError, build_scorer
 from jobs.template import RowRejected
 from state import Ledger, RequestStatus
+from state.engine import chunked
 from state.evaluations import EvaluationRecord, MetricRecord, ScoreRecord
 from state.records import StoredResult
 
@@ -137,7 +137,7 @@ def evaluate_run(spec: JobSpec, ledger: Ledger, *, run_id: int, run_name: str | 
             return report
     ledger.forget_unscored(spec.name)
     totals = {scorer.name: [0.0, 0] for scorer in scorers}
-    for chunk in _chunks(_keyed_rows(spec), CHUNK_ROWS):
+    for chunk in chunked(_keyed_rows(spec), CHUNK_ROWS):
         ledger.record_scores(run_id, _score_chunk(spec, ledger, scorers, chunk, report, totals,
                                                   config_path))
     metrics = []
@@ -193,11 +193,6 @@ def _keyed_rows(spec: JobSpec) -> Iterator[tuple[str, Mapping[str, Any]]]:
             yield row_key_for(row, spec.input.id_column), row
         except RowRejected:
             continue
-
-
-def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
 
 
 def _scorers_fingerprint(spec: JobSpec) -> str:

@@ -57,10 +57,10 @@ import orjson
 
 from jobs import JobSpec, iter_job_rows
 from jobs.outputs import OutputValidator, answer_content
-from jobs.requests import row_key_for
+from jobs.requests import row_key_or_position
 from jobs.spec import FORMAT_BY_SUFFIX
-from jobs.template import RowRejected
 from state import Ledger
+from state.engine import chunked
 from state.exports import ExportRecord, RowOutcome
 
 from .errors import ConfigError
@@ -348,18 +348,10 @@ def _record(row: Mapping[str, Any], key: str, outcome: RowOutcome | None, status
 
 def _keyed_chunks(spec: JobSpec) -> Iterator[list[tuple[str, dict[str, Any]]]]:
     """The job's input rows, each with its key as compile computes it, a chunk at a time."""
-    chunk: list[tuple[str, dict[str, Any]]] = []
-    for row_index, _line, row in iter_job_rows(spec.input, spec.input_path):
-        try:
-            key = row_key_for(row, spec.input.id_column)
-        except RowRejected:
-            key = f"#{row_index}"  # as compile records a row with no usable id
-        chunk.append((key, row))
-        if len(chunk) >= CHUNK_ROWS:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    id_column = spec.input.id_column
+    keyed = ((row_key_or_position(row, id_column, index), row)
+             for index, _line, row in iter_job_rows(spec.input, spec.input_path))
+    return chunked(keyed, CHUNK_ROWS)
 
 
 def _joined_chunks(spec: JobSpec, ledger: Ledger, layout: _Layout, validator: OutputValidator | None,

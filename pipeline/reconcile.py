@@ -25,7 +25,7 @@ shard is marked ``reconciled`` only after both files were read to the end.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from jobs.outputs import (
     json_validate_failed,
 )
 from state import Ledger, QuarantineRecord, RequestStatus, ResultRecord, ResultSource, ShardStep
+from state.engine import chunked
 
 from .client import GroqClient
 from .errors import PermanentAPIError, RetryableAPIError
@@ -153,7 +154,7 @@ def apply_file(ledger: Ledger, path: Path, shard: Mapping[str, Any], file_id: st
         return QuarantineRecord(raw.rstrip(b"\n"), reason, shard["key"], batch_id, file_id, line_no)
 
     with path.open("rb") as handle:
-        for chunk in _chunks(enumerate(handle, start=1), CHUNK_LINES):
+        for chunk in chunked(enumerate(handle, start=1), CHUNK_LINES):
             parsed: list[tuple[int, bytes, ResultRecord]] = []
             bad: list[QuarantineRecord] = []
             for line_no, raw in chunk:
@@ -266,14 +267,3 @@ def _retry_lines(ledger: Ledger, shard_path: Path, messages: dict[int, str]) -> 
                 moved += ledger.transition([custom_id], RequestStatus.SUBMITTED,
                                            RequestStatus.RETRYABLE, last_error=messages[line_no])
     return moved
-
-
-def _chunks(items: Iterator[tuple[int, bytes]] | Any, size: int) -> Iterator[list[tuple[int, bytes]]]:
-    chunk: list[tuple[int, bytes]] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
