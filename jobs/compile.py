@@ -45,7 +45,7 @@ from jobs.requests import (
     row_key_for,
     unkeyed_row_key,
 )
-from jobs.shards import ShardWriter
+from jobs.shards import ShardWriter, shard_key
 from jobs.spec import JobSpec
 from jobs.template import RowRejected
 from state import Ledger, RequestRecord, RequestStatus, RowRecord
@@ -59,6 +59,7 @@ __all__ = [
     "estimate_completion_tokens",
     "estimate_prompt_tokens",
     "record_rows_and_requests",
+    "shard_pending",
 ]
 
 #: Rows (and their requests) written to the ledger per chunk.
@@ -194,16 +195,27 @@ def _tally_changes(tally: RowTally, rows: list[RowRecord], before: dict[str, str
 def write_shards(
     spec: JobSpec, ledger: Ledger, report: CompileReport, *, tag: str | None = None
 ) -> None:
-    """Pass 3: the job's pending requests → shard files, each recorded as it closes."""
+    """Pass 3: the job's pending requests → shard files, each recorded as it closes.
+
+    A shard's key is deterministic from its content: ``<job>-<sha256[:16]>-g<n>``, ``n`` the
+    number of shards of the job with that content the ledger already has (a refresh that makes
+    the same file again gets the next one, so the earlier one's upload and batch are never
+    mistaken for it). Two compiles of the same requests therefore make the same shards, never
+    extra ones. ``tag`` (tests) fixes the last part instead.
+    """
     directory = spec.workdir_path / "shards"
     policy = spec.policy
     completion = estimate_completion_tokens(spec)
+
+    def key_for(digest: str) -> str:
+        return shard_key(spec.name, digest, tag or f"g{ledger.shard_generation(spec.name, digest)}")
+
     with ShardWriter(
         directory,
         max_lines=policy.max_lines_per_shard,
         max_bytes=policy.max_bytes_per_shard,
         job=spec.name,
-        tag=tag,
+        key_for=key_for,
     ) as writer:
         for custom_id, body in ledger.iter_pending(spec.name):
             report.to_send += 1
@@ -211,6 +223,16 @@ def write_shards(
             report.est_completion_tokens += completion
             _record(ledger, spec.name, report, writer.add(custom_id, batch_line(custom_id, body)))
         _record(ledger, spec.name, report, writer.close())
+
+
+def shard_pending(spec: JobSpec, ledger: Ledger, report: CompileReport) -> None:
+    """What compile's last pass does, alone: the job's pending requests (rows recorded by a
+    compile that was cut short, or requests shared with another job that has not sharded them)
+    → shard files, or straight to the synchronous path for ``mode = "sync"``."""
+    if spec.policy.mode == "sync":
+        report.to_send += route_to_sync(spec, ledger)
+    else:
+        write_shards(spec, ledger, report)
 
 
 def _record(ledger: Ledger, job: str, report: CompileReport, shards: Iterable[Any]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -83,7 +84,8 @@ class ShardWriter:
     """Writes lines into shard files in ``directory``, within both limits.
 
     ``job`` and ``tag`` make the shard key (see :func:`shard_key`); ``tag`` defaults to a
-    random 8-character value per writer.
+    random 8-character value per writer. ``key_for`` (the file's sha256 → its key) replaces
+    both: compile passes one that makes keys deterministic from the content.
     """
 
     def __init__(
@@ -94,10 +96,12 @@ class ShardWriter:
         max_bytes: int,
         job: str = "shard",
         tag: str | None = None,
+        key_for: Callable[[str], str] | None = None,
     ) -> None:
         self.directory = directory
         self.job = job
         self.tag = tag or secrets.token_hex(4)
+        self._key_for = key_for
         self._sizer = ShardSizer(max_lines=max_lines, max_bytes=max_bytes)
         self._file: BinaryIO | None = None
         self._temp: Path | None = None
@@ -132,7 +136,7 @@ class ShardWriter:
         final = self.directory / f"{digest}.jsonl"
         os.replace(self._temp, final)
         record = ShardRecord(
-            key=shard_key(self.job, digest, self.tag),
+            key=self._key_for(digest) if self._key_for else shard_key(self.job, digest, self.tag),
             path=str(final),
             sha256=digest,
             lines=self._sizer.lines,

@@ -133,6 +133,29 @@ def config_argument(func: F) -> F:
     return click.argument("config", type=click.Path(dir_okay=False, path_type=Path))(func)
 
 
+def ledger_option(func: F) -> F:
+    """``--ledger URL`` (or ``GROQBATCH_LEDGER``), over the config's ``ledger``: workers on
+    several machines point at one PostgreSQL ledger without editing the config."""
+    return click.option(
+        "--ledger", "ledger_url", envvar="GROQBATCH_LEDGER", default=None, metavar="URL",
+        help="The ledger: a path or SQLAlchemy URL, e.g. postgresql+psycopg://host/db "
+             "[env GROQBATCH_LEDGER; default: the config's ledger].",
+    )(func)
+
+
+def load_spec(config: Path, ledger_url: str | None) -> Any:
+    """Load a job config, with the ledger from ``--ledger``/``GROQBATCH_LEDGER`` if given (a
+    path is taken from the current directory, as a user typing it expects)."""
+    from jobs import load_job
+
+    spec = load_job(config)
+    if not ledger_url:
+        return spec
+    if "://" not in ledger_url:
+        ledger_url = str(Path(ledger_url).expanduser().resolve())
+    return spec.model_copy(update={"ledger": ledger_url})
+
+
 @main.command()
 @click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @json_option
@@ -165,13 +188,14 @@ def validate(configs: tuple[Path, ...], as_json: bool) -> None:
 @main.command()
 @config_argument
 @click.option("--refresh", is_flag=True, help="Count answered requests as to send again.")
+@ledger_option
 @json_option
-def plan(config: Path, refresh: bool, as_json: bool) -> None:
+def plan(config: Path, refresh: bool, ledger_url: str | None, as_json: bool) -> None:
     """A dry run: rows, requests, cache hits, rejections, shards, tokens and cost. Spends nothing."""
     from .planning import plan_config
     from .render import print_plan
 
-    report = plan_config(config, refresh=refresh)
+    report = plan_config(load_spec(config, ledger_url) if ledger_url else config, refresh=refresh)
     if as_json:
         echo_json(report.as_dict())
     else:
@@ -188,23 +212,35 @@ def quiet_option(func: F) -> F:
               help="Advance everything that can move now, then exit (for cron); run again to resume.")
 @click.option("--refresh", is_flag=True, help="Send requests again even if answered before.")
 @click.option("--run-name", help="A name for this run, kept in the ledger (e.g. nightly-2026-11-22).")
+@ledger_option
+@click.option("--worker-id", default=None,
+              help="This worker's name in claims, logs and status [default: host:pid].")
+@click.option("--lease", "lease_s", default=None, type=click.FloatRange(min=1),
+              envvar="GROQBATCH_LEASE_S",
+              help="Seconds a claim holds unless renewed; a stopped worker's work is taken over "
+                   "after it [env GROQBATCH_LEASE_S; default: 60].")
 @quiet_option
 @json_option
-def run(config: Path, no_wait: bool, refresh: bool, run_name: str | None, quiet: bool,
-        as_json: bool) -> None:
-    """Run a job: compile, submit, poll, reconcile — resuming whatever an earlier run left."""
-    import anyio
+def run(config: Path, no_wait: bool, refresh: bool, run_name: str | None, ledger_url: str | None,
+        worker_id: str | None, lease_s: float | None, quiet: bool, as_json: bool) -> None:
+    """Run a job: compile, submit, poll, reconcile — resuming whatever an earlier run left.
 
-    from jobs import load_job
+    Safe to start any number of times at once, on any machines sharing the ledger: each run is
+    a worker that claims its share of the work, and none sends anything twice.
+    """
+    import anyio
 
     from .render import ProgressDisplay, print_run_summary
     from .runner import run_job
+    from .workers import Worker
 
-    spec = load_job(config)
+    spec = load_spec(config, ledger_url)
+    worker = Worker.make(worker_id, lease_s)
     display = ProgressDisplay(quiet=quiet or as_json)
     try:
         summary = anyio.run(lambda: run_job(spec, wait=not no_wait, refresh=refresh, run_name=run_name,
-                                            config_path=config, on_progress=display))
+                                            config_path=config, on_progress=display,
+                                            worker=worker))
     finally:
         display.close()
     if as_json:
@@ -215,15 +251,14 @@ def run(config: Path, no_wait: bool, refresh: bool, run_name: str | None, quiet:
 
 @main.command()
 @config_argument
+@ledger_option
 @json_option
-def status(config: Path, as_json: bool) -> None:
-    """Per-run and per-shard state, counts, tokens and cost, from the ledger alone."""
-    from jobs import load_job
-
+def status(config: Path, ledger_url: str | None, as_json: bool) -> None:
+    """Per-run and per-shard state, counts, tokens, cost and live workers, from the ledger alone."""
     from .render import print_status
     from .status import job_status
 
-    report = job_status(load_job(config))
+    report = job_status(load_spec(config, ledger_url))
     if as_json:
         echo_json(report)
     else:
@@ -233,18 +268,18 @@ def status(config: Path, as_json: bool) -> None:
 @main.command()
 @config_argument
 @click.option("--no-wait", is_flag=True, help="Send the cancels and exit; a later run reconciles.")
+@ledger_option
 @json_option
-def cancel(config: Path, no_wait: bool, as_json: bool) -> None:
+def cancel(config: Path, no_wait: bool, ledger_url: str | None, as_json: bool) -> None:
     """Cancel the job's in-flight batches and reconcile what they finished."""
     from dataclasses import asdict
 
     import anyio
 
-    from jobs import load_job
-
     from .cancel import cancel_job
 
-    report = anyio.run(lambda: cancel_job(load_job(config), wait=not no_wait))
+    spec = load_spec(config, ledger_url)
+    report = anyio.run(lambda: cancel_job(spec, wait=not no_wait))
     if as_json:
         echo_json(asdict(report))
     else:
@@ -260,15 +295,15 @@ def cancel(config: Path, no_wait: bool, as_json: bool) -> None:
               help="Also write a self-contained HTML page (a chart per scorer) to this file.")
 @click.option("--last", type=click.IntRange(min=1), default=None,
               help="Only the last N scored runs.")
+@ledger_option
 @json_option
-def report(config: Path, html_path: Path | None, last: int | None, as_json: bool) -> None:
+def report(config: Path, html_path: Path | None, last: int | None, ledger_url: str | None,
+           as_json: bool) -> None:
     """An evaluation job's metrics per run and their trend, from the ledger alone."""
-    from jobs import load_job
-
     from .render import print_report
     from .report import evaluation_report, render_html, write_html
 
-    result = evaluation_report(load_job(config), last=last)
+    result = evaluation_report(load_spec(config, ledger_url), last=last)
     if html_path is not None:
         write_html(html_path, render_html(result))
     if as_json:
@@ -288,16 +323,15 @@ def report(config: Path, html_path: Path | None, last: int | None, as_json: bool
 @click.option("--only-succeeded", is_flag=True, help="Leave out failed, rejected and open rows.")
 @click.option("--since-last", is_flag=True,
               help="Only rows answered since the job's last export.")
+@ledger_option
 @json_option
 def export(config: Path, output: Path | None, fmt: str | None, only_succeeded: bool,
-           since_last: bool, as_json: bool) -> None:
+           since_last: bool, ledger_url: str | None, as_json: bool) -> None:
     """Write results joined to the input rows (every column, answer, parsed fields, status,
     error, tokens, tier) as JSONL, CSV or Parquet, atomically."""
-    from jobs import load_job
-
     from .export import export_config
 
-    result = export_config(load_job(config), path=output, format=fmt,
+    result = export_config(load_spec(config, ledger_url), path=output, format=fmt,
                            only_succeeded=only_succeeded, since_last=since_last)
     if as_json:
         echo_json(result.as_dict())

@@ -12,6 +12,8 @@ import datetime as dt
 from jobs import JobSpec
 from state import Ledger, RequestStatus, ShardStep
 
+from .workers import Worker
+
 DROPPED_REASON = "deadline: the deadline passed before this request's batch was created"
 
 
@@ -29,17 +31,22 @@ def deadline_passed(deadline: dt.datetime | None) -> bool:
     return deadline is not None and dt.datetime.now(dt.UTC) >= deadline
 
 
-def drop_unsubmitted(ledger: Ledger, job: str) -> int:
+def drop_unsubmitted(ledger: Ledger, job: str, worker: Worker | None = None) -> int:
     """Shards with no batch yet (and none being created) are dropped; their requests go to
     the fallback. A shard caught in ``submitting`` is left for submit to resolve, since its
-    batch may already exist."""
+    batch may already exist; a shard another worker holds (mid-upload, say) is left to it and
+    dropped in a later round."""
+    worker = worker or Worker.make()
     dropped = 0
+    steps = (ShardStep.COMPILED, ShardStep.UPLOADING, ShardStep.UPLOADED)
+    for shard in ledger.claim_shards(job, worker.id, steps, limit=100_000, lease_s=worker.lease_s):
+        try:
+            dropped += ledger.set_shard_step(shard["key"], ShardStep(shard["step"]),
+                                             ShardStep.DROPPED, worker=worker.id)
+        finally:
+            ledger.release_shard(shard["key"], worker.id)
     for shard in ledger.shards(job):
-        step = ShardStep(shard["step"])
-        if step in (ShardStep.COMPILED, ShardStep.UPLOADING, ShardStep.UPLOADED):
-            dropped += ledger.set_shard_step(shard["key"], step, ShardStep.DROPPED)
-            step = ShardStep.DROPPED
-        if step is ShardStep.DROPPED:
+        if shard["step"] == ShardStep.DROPPED:
             # Every round, not only when dropping: a crash between the two writes is repaired.
             ledger.transition_shard(shard["key"], RequestStatus.QUEUED, RequestStatus.RETRYABLE,
                                     last_error=DROPPED_REASON)

@@ -9,11 +9,15 @@ exactly as compiled. A continuous pipeline keeps ``concurrency`` calls in flight
        ▲                                                                          │
        └───────────── retryable again, due after a jittered backoff ◀────────────┘
 
-- **Crash-safety.** A request is ``in_flight`` in the ledger before its call and answered after;
-  every attempt is one ``retryable → in_flight`` move, so the ledger counts attempts exactly.
-  In-flight requests a killed run left behind go back to ``retryable`` when the stage starts.
-  Results are written by :meth:`~state.Ledger.record_results` (first answer wins), a chunk per
-  transaction, so a result is never recorded twice.
+- **Crash-safety and workers.** A request is claimed — ``retryable → in_flight`` with this
+  worker's id and a lease (:mod:`state.claims`) — before its call, and answered after; every
+  call is one such move, so the ledger counts attempts exactly, whichever worker made them. Only
+  the ids the claim returned are sent: two workers never send the same request. In-flight
+  requests whose lease ran out (their worker was killed mid-call) go back to ``retryable`` when
+  the stage starts, with the interrupted attempt given back — it got neither an answer nor an
+  error; another worker's live claims are never touched. Results are written by
+  :meth:`~state.Ledger.record_results` (first answer wins, and only by the claim's owner), a
+  chunk per transaction, so a result is never recorded twice.
 - **Backoff.** 429, 498 (flex at capacity: the SDKs do not retry it, we do), 5xx and transport
   errors put the request back as retryable, due after ``RetryPolicy``'s jittered exponential
   backoff — or, on a 429, after the server's ``retry-after``, which also pauses every worker
@@ -30,7 +34,9 @@ exactly as compiled. A continuous pipeline keeps ``concurrency`` calls in flight
   for one to refill — so the job runs at the limit without tripping it much.
 - **Budget.** Before each call the job-wide budget (``[policy.budget]``: requests, tokens,
   dollars, counting what the batches spent) is checked with the call's estimated cost; once it
-  would be exceeded the stage stops cleanly and the rest stays retryable.
+  would be exceeded the stage stops cleanly and the rest stays retryable. With a budget set,
+  what the ledger has recorded (every worker's calls) is read again before each group is
+  claimed, so workers sharing a job share its budget.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -68,6 +75,7 @@ from .errors import (
 )
 from .reconcile import MISSING
 from .retry import NO_RETRY, RetryPolicy
+from .workers import Worker
 
 log = logging.getLogger("groqbatch.flex")
 
@@ -221,6 +229,20 @@ class Budget:
     tokens: int
     dollars: float
 
+    @property
+    def capped(self) -> bool:
+        return (self.max_requests is not None or self.max_tokens is not None
+                or self.max_dollars is not None)
+
+    def sync(self, totals: Mapping[str, float], *, in_flight_tokens: int = 0,
+             in_flight_usd: float = 0.0) -> None:
+        """Take what the ledger has recorded as spent (every worker's calls: an in-flight call
+        counted its attempt when claimed), plus the estimates of this stage's calls whose
+        tokens are not recorded yet."""
+        self.requests = int(totals["attempts"])
+        self.tokens = int(totals["prompt_tokens"] + totals["completion_tokens"]) + in_flight_tokens
+        self.dollars = float(totals["cost_usd"]) + in_flight_usd
+
     def refuses(self, tokens: int, dollars: float) -> str | None:
         """The name of the cap that one more call of this size would break, if any."""
         if self.max_requests is not None and self.requests + 1 > self.max_requests:
@@ -248,29 +270,31 @@ class _Outcome:
     error: APIError | None = None
 
 
+RECOVERED = FLEX_PREFIX + "recovered after an interrupted run"
+
+
 async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, price: Price | None, *,
                            deadline_passed: bool = False,
-                           retry: RetryPolicy | None = None) -> FlexReport:
+                           retry: RetryPolicy | None = None,
+                           worker: Worker | None = None) -> FlexReport:
     """Send the job's eligible retryable requests through the synchronous path until none is
     left (or the budget stops it). Requests not eligible under the job's triggers stay put."""
     fallback = spec.policy.fallback
     report = FlexReport(tier=fallback.service_tier)
     if not fallback.enabled:
         return report
+    worker = worker or Worker.make()
     started = time.monotonic()
-    recovered = [r.custom_id for r in ledger.iter_requests(spec.name, RequestStatus.IN_FLIGHT)]
-    report.recovered_in_flight = ledger.transition(
-        recovered, RequestStatus.IN_FLIGHT, RequestStatus.RETRYABLE,
-        last_error=FLEX_PREFIX + "recovered after an interrupted run")
+    report.recovered_in_flight = ledger.recover_expired_requests(spec.name, RECOVERED)
     triggers = frozenset(fallback.triggers) | ({"deadline_passed"} if deadline_passed else set())
-    totals = ledger.request_totals(spec.name)
     budget = Budget(spec.policy.budget.max_requests, spec.policy.budget.max_tokens,
-                    spec.policy.budget.max_dollars, int(totals["attempts"]),
-                    int(totals["prompt_tokens"] + totals["completion_tokens"]), float(totals["cost_usd"]))
+                    spec.policy.budget.max_dollars, 0, 0, 0.0)
+    if budget.capped:
+        budget.sync(ledger.request_totals(spec.name))
     # A request of a dropped shard never went through a batch: it spent no attempt there.
     dropped = frozenset(s["key"] for s in ledger.shards(spec.name) if s["step"] == ShardStep.DROPPED)
     stage = _Stage(ledger, client, spec, price, report, budget, triggers, retry or RetryPolicy(),
-                   dropped)
+                   dropped, worker)
     await stage.run()
     report.elapsed_s = round(time.monotonic() - started, 3)
     if stage.refused is not None:
@@ -281,8 +305,11 @@ async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, pr
 class _Stage:
     def __init__(self, ledger: Ledger, client: GroqClient, spec: JobSpec, price: Price | None,
                  report: FlexReport, budget: Budget, triggers: frozenset[str], retry: RetryPolicy,
-                 dropped_shards: frozenset[str]) -> None:
+                 dropped_shards: frozenset[str], worker: Worker | None = None) -> None:
         self.ledger, self.client, self.spec, self.price = ledger, client, spec, price
+        self.worker = worker or Worker.make()
+        self.pending_estimate: dict[str, tuple[int, float]] = {}
+        """custom_id → (tokens, USD) estimated for a call sent whose outcome is not recorded."""
         self.report, self.budget, self.triggers, self.retry = report, budget, triggers, retry
         self.dropped_shards = dropped_shards
         self.tier = spec.policy.fallback.service_tier
@@ -330,6 +357,8 @@ class _Stage:
                     call = self._next_call(request)
                     if call is None:
                         continue
+                    if not group and self.budget.capped:
+                        self._sync_budget()
                     refused = self.budget.refuses(call.estimate_tokens, call.estimate_usd)
                     if refused is not None:
                         self.report.budget_exhausted = refused
@@ -370,24 +399,30 @@ class _Stage:
             return None
         return self._call(custom_id, request.body, request.attempts)
 
+    def _sync_budget(self) -> None:
+        tokens = sum(tokens for tokens, _ in self.pending_estimate.values())
+        usd = sum(usd for _, usd in self.pending_estimate.values())
+        self.budget.sync(self.ledger.request_totals(self.spec.name), in_flight_tokens=tokens,
+                         in_flight_usd=usd)
+
     async def _dispatch(self, group: list[_Call], send: ObjectSendStream[_Call]) -> int:
-        """Claim a group of calls in one transaction, then queue them for the workers."""
+        """Claim a group of calls in one transaction, then queue for the workers only those
+        this worker got (another worker may have claimed some meanwhile)."""
         if not group:
             return 0
         ids = [call.custom_id for call in group]
-        moved = self.ledger.transition(ids, RequestStatus.RETRYABLE, RequestStatus.IN_FLIGHT,
-                                       tier=self.tier)
-        if moved != len(group):
-            # Another process moved some meanwhile (two runs of one job at once): send only
-            # what is in flight now, and undo the estimates of the rest.
-            log.warning("flex: %d of %d requests were moved by someone else", len(group) - moved,
-                        len(group))
-            statuses = self.ledger.statuses(ids)
+        got = set(self.ledger.claim_requests(ids, self.worker.id, lease_s=self.worker.lease_s,
+                                             tier=self.tier))
+        if len(got) != len(group):
+            log.info("flex: %d of %d requests were claimed by another worker",
+                     len(group) - len(got), len(group))
             for call in group:
-                if statuses.get(call.custom_id) is not RequestStatus.IN_FLIGHT:
+                if call.custom_id not in got:
                     self.budget.requests -= 1
                     self._refund(call)
-            group = [call for call in group if statuses.get(call.custom_id) is RequestStatus.IN_FLIGHT]
+            group = [call for call in group if call.custom_id in got]
+        for call in group:
+            self.pending_estimate[call.custom_id] = (call.estimate_tokens, call.estimate_usd)
         self.in_flight += len(group)
         for call in group:
             await send.send(call)
@@ -494,7 +529,10 @@ class _Stage:
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 records = [self._settle(outcome) for outcome in outcomes]
-                await anyio.to_thread.run_sync(self.ledger.record_results, records)
+                await anyio.to_thread.run_sync(
+                    partial(self.ledger.record_results, records, worker=self.worker.id))
+                for outcome in outcomes:
+                    self.pending_estimate.pop(outcome.call.custom_id, None)
                 self.in_flight -= len(outcomes)
 
     def _settle(self, outcome: _Outcome) -> ResultRecord:

@@ -46,6 +46,8 @@ from state.engine import chunked
 from .client import GroqClient
 from .errors import PermanentAPIError, RetryableAPIError
 from .faultpoints import crash_point
+from .submit import shard_file
+from .workers import Worker
 
 log = logging.getLogger("groqbatch.reconcile")
 
@@ -86,36 +88,54 @@ class ReconcileReport:
 
 async def reconcile_shards(ledger: Ledger, client: GroqClient, job: str, download_dir: Path,
                            price: Price | None, *,
-                           outputs: OutputValidator | None = None) -> ReconcileReport:
-    """Reconcile every settled shard of ``job``.
+                           outputs: OutputValidator | None = None,
+                           worker: Worker | None = None) -> ReconcileReport:
+    """Reconcile every settled shard of ``job`` that no other worker holds, one at a time,
+    each claimed first.
 
     A shard whose files cannot be had now (the client's retries ran out on a dropped or cut-short
-    download, a 5xx) stays ``settled``: the next round tries it again, as submit does.
+    download, a 5xx) stays ``settled``, and claimed until the stage ends: the next round tries
+    it again, as submit does.
     """
+    worker = worker or Worker.make()
     total = ReconcileReport()
-    for shard in ledger.shards(job):
-        if shard["step"] == ShardStep.SETTLED:
+    held: list[str] = []
+    try:
+        while True:
+            claimed = await anyio.to_thread.run_sync(lambda: ledger.claim_shards(
+                job, worker.id, [ShardStep.SETTLED], limit=1, lease_s=worker.lease_s))
+            if not claimed:
+                break
+            shard = claimed[0]
+            held.append(shard["key"])
             try:
                 total.add(await reconcile_shard(ledger, client, shard, download_dir, price,
-                                                outputs=outputs))
+                                                outputs=outputs, worker=worker))
             except RetryableAPIError as exc:
                 total.deferred += 1
                 log.warning("shard %s: %s; will try again", shard["key"], exc)
+    finally:
+        with anyio.CancelScope(shield=True):
+            for key in held:
+                await anyio.to_thread.run_sync(ledger.release_shard, key, worker.id)
     return total
 
 
 async def reconcile_shard(ledger: Ledger, client: GroqClient, shard: Mapping[str, Any],
                           download_dir: Path, price: Price | None, *,
-                          outputs: OutputValidator | None = None) -> ReconcileReport:
+                          outputs: OutputValidator | None = None,
+                          worker: Worker | None = None) -> ReconcileReport:
     report = ReconcileReport(shards=1)
     await anyio.Path(download_dir).mkdir(parents=True, exist_ok=True)
+    # Per-worker names: two workers never write the same file, even one whose claim ran out.
+    suffix = f".{worker.slug}" if worker is not None else ""
     # Both files are downloaded before either is applied: a download that fails for good then
     # leaves the ledger untouched, and the next try counts every line once.
     downloaded: list[tuple[str, Path]] = []
     for file_id in (shard["output_file_id"], shard["error_file_id"]):
         if not file_id:
             continue
-        dest = download_dir / f"{file_id}.jsonl"
+        dest = download_dir / f"{file_id}{suffix}.jsonl"
         try:
             size = (await client.get_file(file_id)).bytes
             await client.download_file(file_id, dest, expected_bytes=size or None)
@@ -135,10 +155,11 @@ async def reconcile_shard(ledger: Ledger, client: GroqClient, shard: Mapping[str
         report.add(part)
         dest.unlink(missing_ok=True)
     if shard["batch_status"] == "failed":
-        report.retryable += await _fail_validated(ledger, client, shard)
+        report.retryable += await _fail_validated(ledger, client, shard, download_dir, worker)
     report.missing = ledger.transition_shard(shard["key"], RequestStatus.SUBMITTED,
                                              RequestStatus.RETRYABLE, last_error=MISSING)
-    ledger.set_shard_step(shard["key"], ShardStep.SETTLED, ShardStep.RECONCILED)
+    ledger.set_shard_step(shard["key"], ShardStep.SETTLED, ShardStep.RECONCILED,
+                          worker=worker.id if worker is not None else None)
     crash_point("after_reconcile")
     return report
 
@@ -240,7 +261,8 @@ def _parse_line(raw: bytes, batch_id: str | None, price: Price | None,
     return "neither a response with a status_code nor an error"
 
 
-async def _fail_validated(ledger: Ledger, client: GroqClient, shard: Mapping[str, Any]) -> int:
+async def _fail_validated(ledger: Ledger, client: GroqClient, shard: Mapping[str, Any],
+                          download_dir: Path, worker: Worker | None) -> int:
     """A batch that failed validation: each request named in ``errors.data[]`` (line N of the
     shard file is request N) becomes retryable with its line's message. The rest are left
     submitted, and so become "missing" next, with the batch-level message below."""
@@ -250,7 +272,11 @@ async def _fail_validated(ledger: Ledger, client: GroqClient, shard: Mapping[str
         line = error.get("line")
         if isinstance(line, int):
             by_line[line] = f"batch failed validation: {error.get('code')}: {error.get('message')}"
-    moved = await anyio.to_thread.run_sync(_retry_lines, ledger, Path(shard["path"]), by_line) if by_line else 0
+    moved = 0
+    if by_line:
+        path = await anyio.to_thread.run_sync(shard_file, ledger, shard, download_dir,
+                                              worker or Worker.make())
+        moved = await anyio.to_thread.run_sync(_retry_lines, ledger, path, by_line)
     summary = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in batch.errors[:3]) or "no reason given"
     moved += ledger.transition_shard(shard["key"], RequestStatus.SUBMITTED, RequestStatus.RETRYABLE,
                                      last_error=f"batch {batch.id} failed validation: {summary}")

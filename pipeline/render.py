@@ -161,6 +161,18 @@ def print_status(status: dict[str, Any]) -> None:
     totals = status["totals"]
     console.print(f"tokens: {int(totals['prompt_tokens']):,} prompt + {int(totals['completion_tokens']):,} "
                   f"completion; cost ${totals['cost_usd']:.6f}")
+    if status.get("kept_answers"):
+        console.print(f"refreshing: {status['kept_answers']:,} requests asked again keep their "
+                      "earlier answer until a new one arrives")
+    live = [w for w in status.get("workers", []) if w["live"]]
+    if live:
+        table = Table(title="live workers")
+        for column in ("worker", "run", "started", "last seen", "holds"):
+            table.add_column(column)
+        for w in live:
+            holds = ", ".join(f"{n} {kind}" for kind, n in sorted(w["holds"].items())) or "nothing"
+            table.add_row(w["worker"], str(w["run"]), w["started"], w["seen"], holds)
+        console.print(table)
     if status["shards"]:
         table = Table(title="shards")
         for column in ("shard", "lines", "step", "batch", "batch status", "counts"):

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 
 from jobs import CompileReport, JobSpec, compile_job, load_prices, price_for, spec_hash, spec_json
+from jobs.compile import shard_pending
 from jobs.outputs import OutputValidator
 from state import Ledger, RequestStatus, ShardStep
 
@@ -32,6 +33,7 @@ from .planning import resolve_model
 from .poll import PollInterval, poll_batches
 from .reconcile import ReconcileReport, reconcile_shards
 from .submit import submit_shards, sweep_orphan_uploads
+from .workers import Worker, keep_alive, reap_dead_local_workers, register
 
 IN_FLIGHT_STEPS = frozenset(step.value for step in ShardStep) - {
     ShardStep.RECONCILED.value, ShardStep.DROPPED.value}
@@ -74,7 +76,8 @@ class RunSummary:
     output: str
     """Where ``groqbatch export`` writes the results joined to the input rows."""
     finished: bool
-    """Nothing left in flight: every shard reconciled."""
+    """Every request of the job settled (whichever worker settled it), every shard done, and
+    no compile under way."""
     elapsed_s: float
     compile: dict[str, Any]
     requests: dict[str, int]
@@ -92,6 +95,8 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
     """``[evaluate]`` jobs: the scores recorded when this invocation finished the run."""
+    worker: str | None = None
+    """This worker's id (``host:pid`` unless ``--worker-id`` named it)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,7 +111,16 @@ def count_steps(ledger: Ledger, job: str) -> dict[str, int]:
 
 async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
                   run_name: str | None = None, config_path: str | Path | None = None,
-                  on_progress: Callable[[Progress], None] | None = None) -> RunSummary:
+                  on_progress: Callable[[Progress], None] | None = None,
+                  worker: Worker | None = None) -> RunSummary:
+    """Run (or resume, or join) a job as one worker of any number sharing its ledger.
+
+    Every unit of work is claimed in the ledger before it is done (:mod:`state.claims`), and
+    the worker's claims are renewed while it runs; so any number of ``run_job`` calls — in
+    processes on any machines — can work on one job at once, each doing a share, none
+    sending anything twice.
+    """
+    worker = worker or Worker.make()
     started = time.monotonic()
     check_run_identity(spec, wait=wait, run_name=run_name, config_path=config_path)
     with Ledger.open(spec.ledger_target) as ledger:
@@ -114,12 +128,107 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
         model = resolve_model(spec, ledger, config=config_path)
         ledger.record_job(spec.name, spec_hash(spec), spec_json(spec))
         run_id = ledger.start_run(spec.name, spec.backend, run_name)
+        register(ledger, worker, spec.name, run_id)
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(keep_alive, ledger, worker)
+                summary = await _Run(spec, ledger, worker, run_id, model, started,
+                                     wait=wait, refresh=refresh, run_name=run_name,
+                                     config_path=config_path, on_progress=on_progress).go()
+                group.cancel_scope.cancel()
+        except BaseExceptionGroup as failed:
+            # The heartbeat never fails, so the group holds the run's own error: raise it as
+            # it is, for the CLI's one-line message and exit code.
+            if len(failed.exceptions) == 1:
+                raise failed.exceptions[0]  # noqa: B904 - its own cause is kept
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(ledger.stop_worker, worker.id)
+        ledger.finish_run(run_id, summary.as_dict())
+        return summary
+
+
+OPEN_REQUESTS = (RequestStatus.PENDING, RequestStatus.QUEUED, RequestStatus.SUBMITTED,
+                 RequestStatus.IN_FLIGHT)
+"""A job with a request in one of these is not finished, whichever worker holds it."""
+
+
+def compile_lock(job: str) -> str:
+    return f"compile:{job}"
+
+
+def compile_fingerprint(spec: JobSpec, model: str, salt: str | None) -> str:
+    """What a compile of this job compiled: the spec, the model, the salt and the input file
+    as it was (size, modification time). A worker that waited for another's compile with the
+    same fingerprint has nothing left to compile."""
+    try:
+        stat = spec.input_path.stat()
+        source = f"{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        source = "missing"
+    return f"{spec_hash(spec)}|{model}|{salt or ''}|{source}"
+
+
+class _Run:
+    """One worker's run of a job: compile (or wait for another's), then rounds of submit, poll,
+    reconcile and fallback until every request of the job is settled."""
+
+    def __init__(self, spec: JobSpec, ledger: Ledger, worker: Worker, run_id: int, model: str,
+                 started: float, *, wait: bool, refresh: bool, run_name: str | None,
+                 config_path: str | Path | None,
+                 on_progress: Callable[[Progress], None] | None) -> None:
+        self.spec, self.ledger, self.worker, self.run_id = spec, ledger, worker, run_id
+        self.model, self.started, self.wait, self.refresh = model, started, wait, refresh
+        self.run_name, self.config_path, self.on_progress = run_name, config_path, on_progress
         # cache = false: every run asks afresh, under ids salted with the run's identity.
-        salt = None if spec.policy.cache else run_identity(run_id=run_id, run_name=run_name)
-        compiled: CompileReport = await anyio.to_thread.run_sync(
-            partial(compile_job, spec, ledger, refresh=refresh, model=model, salt=salt)
-        )
-        price = price_for(model, load_prices())
+        self.salt = None if spec.policy.cache else run_identity(run_id=run_id, run_name=run_name)
+        self.fingerprint = compile_fingerprint(spec, model, self.salt)
+        self.compiled = CompileReport(job=spec.name, model=model)
+        self.compile_waiting: str | None = None
+        """The worker whose compile this one is waiting for, if any."""
+        self.notes: list[str] = []
+
+    async def _compile(self, *, only_shards: bool = False) -> bool:
+        """Compile under the job's compile lock; False (and who holds it) if another worker is
+        compiling. ``only_shards``: the rows are recorded; only shard what is pending."""
+        spec, ledger, worker = self.spec, self.ledger, self.worker
+        taken, holder, _done = await anyio.to_thread.run_sync(partial(
+            ledger.lock, compile_lock(spec.name), spec.name, worker.id, lease_s=worker.lease_s))
+        if not taken:
+            self.compile_waiting = holder
+            return False
+        try:
+            if only_shards:
+                await anyio.to_thread.run_sync(partial(shard_pending, spec, ledger, self.compiled))
+            else:
+                self.compiled = await anyio.to_thread.run_sync(partial(
+                    compile_job, spec, ledger, refresh=self.refresh, model=self.model,
+                    salt=self.salt))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(partial(
+                    ledger.unlock, compile_lock(spec.name), worker.id,
+                    done=None if only_shards else self.fingerprint))
+        self.compile_waiting = None
+        return True
+
+    async def _catch_up_compile(self) -> None:
+        """While another worker compiles, wait; once it is done, compile only if what it
+        compiled is not what this worker would have."""
+        holder, done = self.ledger.lock_holder(compile_lock(self.spec.name))
+        if holder is not None:
+            self.compile_waiting = holder
+        elif done == self.fingerprint and not self.refresh:
+            self.compile_waiting = None
+        else:
+            await self._compile()
+
+    async def go(self) -> RunSummary:
+        spec, ledger, worker = self.spec, self.ledger, self.worker
+        await anyio.to_thread.run_sync(reap_dead_local_workers, ledger, worker, spec.name)
+        await self._compile()
+        price = price_for(self.model, load_prices())
         outputs = OutputValidator.for_job(spec)  # one rule for batch lines and flex answers
         reconciled = ReconcileReport()
         flexed = FlexReport(tier=spec.policy.fallback.service_tier)
@@ -127,59 +236,74 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
         interval = PollInterval(spec.policy.poll_interval_min_s, spec.policy.poll_interval_max_s)
         rounds = poll_calls = swept = 0
         touched_uploads = False  # strays can only exist if this run uploaded or adopted a file
+        shard_dir = spec.workdir_path / "shards"
         async with open_client(spec) as client:
             while True:
                 rounds += 1
+                await anyio.to_thread.run_sync(reap_dead_local_workers, ledger, worker, spec.name)
+                if self.compile_waiting is not None:
+                    await self._catch_up_compile()
                 late = deadline_passed(deadline)
                 created = 0
                 if late:
                     # Nothing new goes to the batch path; what is in flight is cancelled, and
                     # whatever the cancelled batches did not finish goes to the fallback.
-                    drop_unsubmitted(ledger, spec.name)
+                    drop_unsubmitted(ledger, spec.name, worker)
                     # What is left unsubmitted is a shard caught in ``submitting`` by a crash:
                     # its batch may exist. Resolve it (adopt, else create) so it can be cancelled.
                     resolved = await submit_shards(ledger, client, spec.name,
-                                                   completion_window=spec.policy.completion_window)
+                                                   completion_window=spec.policy.completion_window,
+                                                   worker=worker, shard_dir=shard_dir)
                     created = resolved.created
                     await cancel_in_flight(ledger, client, spec.name)
                 else:
                     submitted = await submit_shards(ledger, client, spec.name,
-                                                    completion_window=spec.policy.completion_window)
+                                                    completion_window=spec.policy.completion_window,
+                                                    worker=worker, shard_dir=shard_dir)
                     created = submitted.created
                     touched_uploads |= bool(submitted.uploaded or submitted.adopted_files)
-                polled = await poll_batches(ledger, client, spec.name)
+                polled = await poll_batches(ledger, client, spec.name, worker)
                 poll_calls += polled.calls
                 round_reconciled = await reconcile_shards(
                     ledger, client, spec.name, spec.workdir_path / "downloads", price,
-                    outputs=outputs,
+                    outputs=outputs, worker=worker,
                 )
                 reconciled.add(round_reconciled)
-                round_flexed = await finish_leftovers(ledger, client, spec, price, deadline_passed=late)
+                round_flexed = await finish_leftovers(ledger, client, spec, price,
+                                                      deadline_passed=late, worker=worker)
                 flexed.add(round_flexed)
                 steps = count_steps(ledger, spec.name)
-                if on_progress is not None:
-                    on_progress(Progress(spec.name, rounds, time.monotonic() - started, steps,
-                                         ledger.request_counts(spec.name), polled.statuses))
+                requests = ledger.request_counts(spec.name)
+                if on_progress := self.on_progress:
+                    on_progress(Progress(spec.name, rounds, time.monotonic() - self.started,
+                                         steps, requests, polled.statuses))
                 in_flight = sum(steps[step] for step in IN_FLIGHT_STEPS)
-                if in_flight == 0 and touched_uploads:
+                open_requests = sum(requests[status.value] for status in OPEN_REQUESTS)
+                if (in_flight == 0 and requests[RequestStatus.PENDING.value]
+                        and self.compile_waiting is None):
+                    # Rows recorded but not sharded: a compile cut short (or another job's,
+                    # for requests both share). Shard them now, under the lock; the next round
+                    # submits them.
+                    await self._compile(only_shards=True)
+                finished = in_flight == 0 and open_requests == 0 and self.compile_waiting is None
+                if finished and touched_uploads:
                     swept = await sweep_orphan_uploads(ledger, client, spec.name)
                     touched_uploads = False
-                if in_flight == 0 or not wait or flexed.budget_exhausted:
+                if finished or not self.wait or flexed.budget_exhausted:
                     break
                 changed = bool(polled.changed or round_reconciled.shards or round_flexed.sent
                                or created)
                 await anyio.sleep(interval.next(changed=changed))
-        requests = ledger.request_counts(spec.name)
         summary = RunSummary(
             job=spec.name,
-            run_id=run_id,
+            run_id=self.run_id,
             backend=describe_backend(spec),
-            model=model,
+            model=self.model,
             ledger=ledger.url,
             output=str(spec.output_path),
-            finished=in_flight == 0,
-            elapsed_s=round(time.monotonic() - started, 3),
-            compile=compiled.as_dict(),
+            finished=finished,
+            elapsed_s=round(time.monotonic() - self.started, 3),
+            compile=self.compiled.as_dict(),
             requests=requests,
             shards=steps,
             rows=ledger.row_counts(spec.name),
@@ -191,26 +315,45 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
             fallback=flexed.as_dict(),
             deadline=deadline.isoformat() if deadline is not None else None,
             budget_exhausted=flexed.budget_exhausted,
+            worker=worker.id,
         )
+        self._notes(summary, swept, flexed, in_flight, open_requests)
+        if spec.evaluate is not None and summary.finished and is_settled(requests):
+            evaluation = await anyio.to_thread.run_sync(partial(
+                evaluate_run, spec, ledger, run_id=self.run_id, run_name=self.run_name,
+                config_path=self.config_path))
+            summary.evaluation = evaluation.as_dict()
+        return summary
+
+    def _notes(self, summary: RunSummary, swept: int, flexed: FlexReport, in_flight: int,
+               open_requests: int) -> None:
+        spec = self.spec
+        notes = summary.notes
         if swept:
-            summary.notes.append(f"deleted {swept} stray uploads of this job's shards left by an interrupted run")
+            notes.append(f"deleted {swept} stray uploads of this job's shards left by an interrupted run")
+        if flexed.recovered_in_flight:
+            notes.append(f"{flexed.recovered_in_flight} flex calls cut short by a stopped worker "
+                         "were taken back (not counted as attempts)")
         if flexed.budget_exhausted:
-            summary.notes.append(
+            notes.append(
                 f"the budget ({flexed.budget_exhausted}) is spent: {summary.left_retryable} requests "
                 "are left retryable; raise [policy.budget] and run again to finish them"
             )
         elif summary.left_retryable:
-            summary.notes.append(
+            notes.append(
                 f"{summary.left_retryable} requests are left retryable "
                 + ("(the fallback is off)" if not spec.policy.fallback.enabled
                    else "(their trigger is not in [policy.fallback].triggers)")
             )
         if not summary.finished:
-            summary.notes.append(f"{in_flight} shards still in flight: run again to continue")
-        if spec.evaluate is not None and summary.finished and is_settled(requests):
-            evaluation = await anyio.to_thread.run_sync(partial(
-                evaluate_run, spec, ledger, run_id=run_id, run_name=run_name,
-                config_path=config_path))
-            summary.evaluation = evaluation.as_dict()
-        ledger.finish_run(run_id, summary.as_dict())
-        return summary
+            if in_flight:
+                notes.append(f"{in_flight} shards still in flight: run again to continue")
+            elif open_requests:
+                notes.append(f"{open_requests} requests still open: run again to continue")
+            if self.compile_waiting is not None:
+                notes.append(f"worker {self.compile_waiting} is compiling the job")
+            others = {who: held for who, held in self.ledger.live_claims(spec.name).items()
+                      if who != self.worker.id}
+            for who, held in sorted(others.items()):
+                what = ", ".join(f"{n} {kind}" for kind, n in sorted(held.items()))
+                notes.append(f"worker {who} holds {what}")

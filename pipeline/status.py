@@ -44,6 +44,20 @@ def _status(ledger: Ledger, spec: JobSpec, runs: int) -> dict[str, Any]:
         "requests": ledger.request_counts(spec.name),
         "totals": ledger.request_totals(spec.name),
         "shards": shards,
+        # Requests a refresh reopened whose earlier answer is still the one export gives.
+        "kept_answers": ledger.kept_answers(spec.name),
+        "workers": [
+            {
+                "worker": w["worker_id"],
+                "live": w["live"],
+                "run": w["run_id"],
+                "started": _when(w["started_at"]),
+                "seen": _when(w["seen_at"]),
+                "stopped": _when(w["stopped_at"]),
+                "holds": w["holds"],
+            }
+            for w in ledger.workers(spec.name)
+        ],
         "runs": [
             {
                 "id": run["id"],

@@ -12,7 +12,9 @@ if nothing matches is the call made again. So no shard ever gets two batches.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +22,14 @@ from typing import Any, TypeVar
 
 import anyio
 
+from jobs.requests import batch_line
 from state import Ledger, ShardStep
 
 from .client import GroqClient, RemoteBatch, RemoteFile
-from .errors import APIError, RetryableAPIError
+from .errors import APIError, LedgerError, RetryableAPIError
 from .faultpoints import crash_point
 from .retry import NO_RETRY
+from .workers import Worker
 
 log = logging.getLogger("groqbatch.submit")
 T = TypeVar("T")
@@ -56,28 +60,45 @@ class SubmitReport:
 
 
 async def submit_shards(ledger: Ledger, client: GroqClient, job: str, *, completion_window: str,
+                        worker: Worker | None = None, shard_dir: Path | None = None,
                         limit: int = CONCURRENT_SUBMISSIONS) -> SubmitReport:
-    """Move every shard of ``job`` that is not yet submitted as far as it goes."""
-    report = SubmitReport()
-    waiting = [s for s in ledger.shards(job) if s["step"] in _UNSUBMITTED]
-    if not waiting:
-        return report
-    limiter = anyio.CapacityLimiter(limit)
-    refused: list[APIError] = []
+    """Move every shard of ``job`` that is not yet submitted, and that no other worker holds,
+    as far as it goes.
 
-    async def one(shard: Mapping[str, Any]) -> None:
-        async with limiter:
+    ``limit`` shards at a time, each claimed (owner and lease) before anything remote is done
+    for it and released when its step is recorded; other workers take the rest meanwhile.
+    ``shard_dir`` is where a shard file compiled on another machine is rebuilt from the ledger.
+    """
+    worker = worker or Worker.make()
+    report = SubmitReport()
+    refused: list[APIError] = []
+    held: list[str] = []  # claims kept until the stage ends (a deferred shard is not retried now)
+
+    async def slot() -> None:
+        while not refused:
+            claimed = await anyio.to_thread.run_sync(lambda: ledger.claim_shards(
+                job, worker.id, _UNSUBMITTED, limit=1, lease_s=worker.lease_s))
+            if not claimed:
+                return
+            shard = claimed[0]
+            held.append(shard["key"])
             try:
-                await _submit_shard(ledger, client, job, shard, completion_window, report)
+                await _submit_shard(ledger, client, job, shard, completion_window, report,
+                                    worker, shard_dir)
             except RetryableAPIError as exc:
                 report.deferred += 1
                 log.warning("shard %s: %s; will try again", shard["key"], exc)
             except APIError as exc:
                 refused.append(exc)
 
-    async with anyio.create_task_group() as group:
-        for shard in waiting:
-            group.start_soon(one, shard)
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(limit):
+                group.start_soon(slot)
+    finally:
+        with anyio.CancelScope(shield=True):
+            for key in held:
+                await anyio.to_thread.run_sync(ledger.release_shard, key, worker.id)
     if refused:
         # A refusal (bad file, bad window, auth) would be refused again: stop and say which.
         raise refused[0]
@@ -87,23 +108,37 @@ async def submit_shards(ledger: Ledger, client: GroqClient, job: str, *, complet
 _UNSUBMITTED = frozenset({ShardStep.COMPILED, ShardStep.UPLOADING, ShardStep.UPLOADED, ShardStep.SUBMITTING})
 
 
+class ClaimLost(Exception):
+    """This worker's claim on a shard ran out and another worker took it: stop acting on it."""
+
+
 async def _submit_shard(ledger: Ledger, client: GroqClient, job: str, shard: Mapping[str, Any],
-                        completion_window: str, report: SubmitReport) -> None:
+                        completion_window: str, report: SubmitReport, worker: Worker,
+                        shard_dir: Path | None) -> None:
     key: str = shard["key"]
     try:
-        await _advance_shard(ledger, client, job, shard, completion_window, report)
+        await _advance_shard(ledger, client, job, shard, completion_window, report, worker,
+                             shard_dir)
     except APIError as exc:
         exc.add_note(f"while submitting shard {key}")
         raise
+    except ClaimLost:
+        log.warning("shard %s: %s's claim ran out and another worker took it over", key, worker.id)
 
 
 async def _advance_shard(ledger: Ledger, client: GroqClient, job: str, shard: Mapping[str, Any],
-                         completion_window: str, report: SubmitReport) -> None:
+                         completion_window: str, report: SubmitReport, worker: Worker,
+                         shard_dir: Path | None) -> None:
     key: str = shard["key"]
     step = ShardStep(shard["step"])
     file_id: str | None = shard["file_id"]
+
+    def move(from_: ShardStep, to: ShardStep, **fields: Any) -> None:
+        if not ledger.set_shard_step(key, from_, to, worker=worker.id, **fields):
+            raise ClaimLost(key)
+
     if step is ShardStep.COMPILED:
-        ledger.set_shard_step(key, ShardStep.COMPILED, ShardStep.UPLOADING)
+        move(ShardStep.COMPILED, ShardStep.UPLOADING)
         step = ShardStep.UPLOADING
     if step is ShardStep.UPLOADING:
         remote = await _adopt_file(client, shard) if shard["step"] == ShardStep.UPLOADING else None
@@ -111,10 +146,10 @@ async def _advance_shard(ledger: Ledger, client: GroqClient, job: str, shard: Ma
             report.adopted_files += 1
             log.info("shard %s: adopted uploaded file %s", key, remote.id)
         else:
+            path = await anyio.to_thread.run_sync(shard_file, ledger, shard, shard_dir, worker)
             remote, adopted = await make_once(
                 client,
-                lambda: client.upload_file(Path(shard["path"]), filename=upload_filename(key),
-                                           retry=NO_RETRY),
+                lambda: client.upload_file(path, filename=upload_filename(key), retry=NO_RETRY),
                 lambda: _adopt_file(client, shard),
             )
             report.uploaded += not adopted
@@ -122,10 +157,10 @@ async def _advance_shard(ledger: Ledger, client: GroqClient, job: str, shard: Ma
             crash_point("after_upload")
         assert remote is not None
         file_id = remote.id
-        ledger.set_shard_step(key, ShardStep.UPLOADING, ShardStep.UPLOADED, file_id=file_id)
+        move(ShardStep.UPLOADING, ShardStep.UPLOADED, file_id=file_id)
         step = ShardStep.UPLOADED
     if step is ShardStep.UPLOADED:
-        ledger.set_shard_step(key, ShardStep.UPLOADED, ShardStep.SUBMITTING)
+        move(ShardStep.UPLOADED, ShardStep.SUBMITTING)
         step = ShardStep.SUBMITTING
     assert step is ShardStep.SUBMITTING
     assert file_id is not None
@@ -144,8 +179,48 @@ async def _advance_shard(ledger: Ledger, client: GroqClient, job: str, shard: Ma
         report.adopted_batches += adopted
         crash_point("after_create")
     assert batch is not None
-    record_submitted(ledger, key, batch)
+    if not record_submitted(ledger, key, batch, worker=worker.id):
+        raise ClaimLost(key)
     crash_point("after_submit")
+
+
+def shard_file(ledger: Ledger, shard: Mapping[str, Any], shard_dir: Path | None,
+               worker: Worker) -> Path:
+    """The shard's file on this machine: the one compile wrote, or — when it was compiled on
+    another machine (or the file is gone) — rebuilt from the ledger and checked against the
+    recorded sha256, so workers need no shared filesystem.
+
+    Rebuilding is cheap: its lines are the shard's requests in custom_id order, exactly as
+    compile wrote them, read back a page at a time (see :meth:`state.Ledger.shard_lines`).
+    """
+    path = Path(shard["path"])
+    try:
+        if path.stat().st_size == shard["bytes"]:
+            return path
+    except OSError:
+        pass
+    directory = shard_dir or path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    rebuilt = directory / f"rebuilt-{shard['key']}-{worker.slug}.jsonl"
+    part = rebuilt.with_name(rebuilt.name + ".part")
+    digest = hashlib.sha256()
+    size = lines = 0
+    with part.open("wb") as out:
+        for custom_id, body in ledger.shard_lines(shard["key"]):
+            line = batch_line(custom_id, body)
+            out.write(line)
+            digest.update(line)
+            size += len(line)
+            lines += 1
+    if digest.hexdigest() != shard["sha256"] or size != shard["bytes"]:
+        part.unlink(missing_ok=True)
+        raise LedgerError(
+            f"shard {shard['key']}: its file {path} is not on this machine, and rebuilding it "
+            f"from the ledger gave {lines} lines, {size} bytes, sha256 {digest.hexdigest()[:16]}… "
+            f"instead of {shard['lines']} lines, {shard['bytes']} bytes, {shard['sha256'][:16]}…"
+        )
+    part.replace(rebuilt)
+    return rebuilt
 
 
 async def make_once(client: GroqClient, make: Callable[[], Awaitable[T]],
@@ -167,11 +242,18 @@ async def make_once(client: GroqClient, make: Callable[[], Awaitable[T]],
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
-def record_submitted(ledger: Ledger, key: str, batch: RemoteBatch) -> None:
+def record_submitted(ledger: Ledger, key: str, batch: RemoteBatch, *,
+                     worker: str | None = None) -> bool:
     """The outcome of creating (or adopting) a shard's batch; its requests are now submitted.
-    Shard and requests move in one transaction (a crash between them would strand them)."""
-    ledger.record_submitted(key, batch_id=batch.id, batch_status=batch.status,
-                            request_counts_json=_counts(batch))
+    Shard and requests move in one transaction (a crash between them would strand them).
+    False if ``worker`` no longer held the shard (nothing was recorded)."""
+    if ledger.record_submitted(key, worker=worker, batch_id=batch.id, batch_status=batch.status,
+                               request_counts_json=_counts(batch)):
+        return True
+    # No request moved: either the shard's requests all went elsewhere (shared with another
+    # job's shard) and it moved all the same, or the claim was lost and nothing was recorded.
+    now = ledger.shard(key)
+    return now is not None and now["batch_id"] == batch.id
 
 
 def _counts(batch: RemoteBatch) -> dict[str, int]:
@@ -204,12 +286,20 @@ async def sweep_orphan_uploads(ledger: Ledger, client: GroqClient, job: str) -> 
 
     A run killed after an upload, whose answer only reached the server after the next run had
     listed files and uploaded again, leaves a second copy: it costs storage, never a batch
-    (batches are only created from recorded file ids). Called once every shard is settled.
+    (batches are only created from recorded file ids). Called once every shard is settled;
+    only shards whose file is recorded and that no worker holds are looked at, so an upload a
+    live claim may still be using is never deleted.
     """
-    recorded = {upload_filename(s["key"]): s["file_id"] for s in ledger.shards(job)}
+    recorded = {upload_filename(s["key"]): s["file_id"] for s in ledger.shards(job)
+                if s["file_id"] and not _held_live(s)}
     swept = 0
     for remote in await client.list_files():
         if remote.filename in recorded and remote.id != recorded[remote.filename]:
             await client.delete_file(remote.id)
             swept += 1
     return swept
+
+
+def _held_live(shard: Mapping[str, Any]) -> bool:
+    lease = shard.get("lease_until")
+    return shard.get("claimed_by") is not None and lease is not None and lease >= time.time()

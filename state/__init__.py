@@ -12,6 +12,7 @@ See :mod:`state.ledger` for the operations, :mod:`state.status` for the state ma
 
 from __future__ import annotations
 
+from state.claims import DEFAULT_LEASE_S
 from state.ledger import CHUNK_SIZE, Ledger
 from state.records import (
     OpenRequest,
@@ -35,6 +36,7 @@ from state.status import (
 
 __all__ = [
     "CHUNK_SIZE",
+    "DEFAULT_LEASE_S",
     "REQUEST_MOVES",
     "SCHEMA_VERSION",
     "SHARD_MOVES",

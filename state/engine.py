@@ -102,16 +102,19 @@ class Database:
             return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
 
-    def upsert(self, table: Table, keys: Sequence[str], columns: Sequence[str]) -> Insert:
-        """``INSERT … ON CONFLICT (keys) DO UPDATE SET c = excluded.c`` for each of ``columns``."""
+    def upsert(
+        self, table: Table, keys: Sequence[str], columns: Sequence[str], where: Any = None
+    ) -> Insert:
+        """``INSERT … ON CONFLICT (keys) DO UPDATE SET c = excluded.c`` for each of ``columns``
+        (only where ``where`` holds of the existing row, when given)."""
         if self.dialect == "postgresql":
             pg = postgresql.insert(table)
             return pg.on_conflict_do_update(
-                index_elements=list(keys), set_={c: pg.excluded[c] for c in columns}
+                index_elements=list(keys), set_={c: pg.excluded[c] for c in columns}, where=where
             )
         lite = sqlite.insert(table)
         return lite.on_conflict_do_update(
-            index_elements=list(keys), set_={c: lite.excluded[c] for c in columns}
+            index_elements=list(keys), set_={c: lite.excluded[c] for c in columns}, where=where
         )
 
     def insert_new(

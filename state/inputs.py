@@ -18,7 +18,7 @@ from state.engine import CHUNK_SIZE, PAGE_SIZE, Database, chunked, compress, dec
 from state.records import RequestRecord, RowRecord
 from state.status import RequestStatus, RowStatus
 
-__all__ = ["iter_pending", "record_requests", "record_rows", "row_ids"]
+__all__ = ["iter_pending", "iter_shard", "record_requests", "record_rows", "row_ids"]
 
 _OK, _REJECTED = RowStatus.OK.value, RowStatus.REJECTED.value
 _PENDING = RequestStatus.PENDING.value
@@ -115,3 +115,23 @@ def row_ids(db: Database, job: str, row_keys: Iterable[str]) -> dict[str, str | 
             for row_key, custom_id in connection.execute(query, {"keys": chunk}):
                 found[row_key] = custom_id
     return found
+
+
+def iter_shard(db: Database, key: str) -> Iterator[tuple[str, bytes]]:
+    """See :meth:`state.Ledger.shard_lines`."""
+    base = (
+        select(t.requests.c.custom_id, t.requests.c.body)
+        .where(t.requests.c.shard_key == key)
+        .order_by(t.requests.c.custom_id)
+        .limit(PAGE_SIZE)
+    )
+    after: str | None = None
+    while True:
+        query = base if after is None else base.where(t.requests.c.custom_id > after)
+        with db.transaction("iter_shard", write=False) as connection:
+            page = connection.execute(query).all()
+        for custom_id, body in page:
+            yield custom_id, decompress(body)
+        if len(page) < PAGE_SIZE:
+            return
+        after = page[-1][0]

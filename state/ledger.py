@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import orjson
-from sqlalchemy import Update, bindparam, delete, insert, select, update
+from sqlalchemy import Update, bindparam, insert, select, update
 
 from pipeline.errors import LedgerError
+from state import claims, exports, inputs, reports
 from state import evaluations as scoring
-from state import exports, inputs, reports
 from state import results as reconcile
 from state import schema as t
 from state.engine import CHUNK_SIZE, PAGE_SIZE, Database, chunked
@@ -75,6 +75,8 @@ class Ledger:
     def __init__(self, database: Database) -> None:
         """Use :meth:`open`; this takes an already opened, already checked database."""
         self._db = database
+        self.run_id: int | None = None
+        """The run this handle records results for (set by :meth:`start_run`)."""
 
     @classmethod
     def open(cls, target: str | os.PathLike[str]) -> Self:
@@ -156,7 +158,8 @@ class Ledger:
         with self._db.transaction("start_run") as connection:
             key = connection.execute(insert(t.runs).values(values)).inserted_primary_key
         assert key is not None
-        return int(key[0])
+        self.run_id = int(key[0])
+        return self.run_id
 
     def finish_run(self, run_id: int, summary: Mapping[str, Any]) -> None:
         """Record the end of a run with its summary (counts, tokens, cost…)."""
@@ -263,9 +266,12 @@ class Ledger:
             return connection.execute(statement).rowcount
 
     def refresh(self, custom_ids: Iterable[str]) -> int:
-        """Reopen succeeded requests (succeeded → pending), deleting their results.
+        """Reopen succeeded requests (succeeded → pending) to be asked again.
 
-        Attempts start again from 0; tokens and cost stay, since they were paid.
+        Their answers are not deleted: they stay in ``results`` — readable by ``status`` and
+        ``export`` — until a new answer replaces them, and the one replaced is kept in
+        ``result_history``. A refresh that fails or is cut short loses nothing. Attempts start
+        again from 0; tokens and cost stay, since they were paid.
         """
         succeeded = self._guarded_update(RequestStatus.SUCCEEDED).values(
             status=RequestStatus.PENDING.value,
@@ -274,32 +280,35 @@ class Ledger:
             last_error=None,
             updated_at=time.time(),
         )
-        forget = delete(t.results).where(
-            t.results.c.custom_id.in_(
-                select(t.requests.c.custom_id).where(
-                    t.requests.c.custom_id.in_(bindparam("ids", expanding=True)),
-                    t.requests.c.status == RequestStatus.SUCCEEDED.value,
-                )
-            )
-        )
         moved = 0
         with self._db.transaction("refresh") as connection:
             for chunk in chunked(custom_ids, CHUNK_SIZE):
-                connection.execute(forget, {"ids": chunk})
                 moved += connection.execute(succeeded, {"ids": chunk}).rowcount
         return moved
 
+    def kept_answers(self, job: str) -> int:
+        """The job's requests reopened by a refresh whose earlier answer is still the one kept."""
+        return reports.kept_answers(self._db, job)
+
+    def result_history(self, custom_id: str) -> list[dict[str, Any]]:
+        """Earlier answers of a request that newer ones replaced, oldest first."""
+        return reports.result_history(self._db, custom_id)
+
     # ---------------------------------------------------------------- reconcile
 
-    def record_results(self, results: Iterable[ResultRecord]) -> int:
+    def record_results(
+        self, results: Iterable[ResultRecord], *, worker: str | None = None
+    ) -> int:
         """Store answers and move their requests, a chunk per transaction; returns how many moved.
 
         Only a request awaiting an answer (submitted or in_flight) takes one, moving to the
         result's ``outcome``; its tokens and cost are added to the request. A line read twice, a
         duplicate line, a late batch line for a request flex already answered, or a line of an
-        old batch for a request since compiled into another shard changes nothing. Each chunk is written in custom_id order (over twice as fast as random order).
+        old batch for a request since compiled into another shard changes nothing. Each chunk
+        is written in custom_id order (over twice as fast as random order). With ``worker``, a
+        flex answer is taken only by the worker holding the request's claim.
         """
-        return reconcile.record_results(self._db, results)
+        return reconcile.record_results(self._db, results, worker=worker, run_id=self.run_id)
 
     def record_result_chunk(
         self, results: Iterable[ResultRecord]
@@ -312,7 +321,7 @@ class Ledger:
         ``shard_key`` is set — is still in that line's shard. Reconcile uses the map to
         quarantine unknown ids and count duplicates, so the ids are looked up once per chunk.
         """
-        return reconcile.record_result_chunk(self._db, results)
+        return reconcile.record_result_chunk(self._db, results, run_id=self.run_id)
 
     def results_for(self, custom_ids: Iterable[str]) -> Iterator[StoredResult]:
         """The stored results of those of ``custom_ids`` that have one, chunk by chunk."""
@@ -331,17 +340,25 @@ class Ledger:
         """Every shard of a job, as column → value, oldest first."""
         return reports.shards(self._db, job)
 
-    def set_shard_step(self, key: str, from_: ShardStep, to: ShardStep, **fields: Any) -> bool:
+    def shard(self, key: str) -> dict[str, Any] | None:
+        """One shard, as column → value, or None."""
+        return reports.shard(self._db, key)
+
+    def set_shard_step(
+        self, key: str, from_: ShardStep, to: ShardStep, *, worker: str | None = None,
+        **fields: Any,
+    ) -> bool:
         """Move a shard from step ``from_`` to ``to`` (or stay, to record fields); True if it moved.
 
         ``fields``: file_id, batch_id, batch_status, request_counts_json (text or a mapping),
-        output_file_id, error_file_id. An illegal move raises :class:`LedgerError`.
+        output_file_id, error_file_id. An illegal move raises :class:`LedgerError`. With
+        ``worker``, only while that worker holds the shard's claim.
         """
-        statement = _shard_move(key, ShardStep(from_), ShardStep(to), fields)
+        statement = _shard_move(key, ShardStep(from_), ShardStep(to), fields, worker)
         with self._db.transaction("set_shard_step") as connection:
             return bool(connection.execute(statement).rowcount)
 
-    def record_submitted(self, key: str, **fields: Any) -> int:
+    def record_submitted(self, key: str, *, worker: str | None = None, **fields: Any) -> int:
         """A shard's batch exists: the shard moves submitting → submitted with ``fields``
         (batch_id, batch_status, request_counts_json) and its queued requests move to submitted
         (tier batch, one attempt each), in one transaction; returns how many requests moved.
@@ -349,15 +366,90 @@ class Ledger:
         One transaction, because a crash between the two would leave a submitted shard whose
         requests are still queued: their batch lines would then find no request awaiting them.
         """
-        shard = _shard_move(key, ShardStep.SUBMITTING, ShardStep.SUBMITTED, fields)
+        shard = _shard_move(key, ShardStep.SUBMITTING, ShardStep.SUBMITTED, fields, worker)
         requests = (
             update(t.requests)
             .where(t.requests.c.shard_key == key, t.requests.c.status == RequestStatus.QUEUED.value)
             .values(_move_values(RequestStatus.QUEUED, RequestStatus.SUBMITTED, {"tier": Tier.BATCH}))
         )
         with self._db.transaction("record_submitted") as connection:
-            connection.execute(shard)
+            if not connection.execute(shard).rowcount:
+                return 0  # not (or no longer) this worker's shard: its requests are not ours
             return connection.execute(requests).rowcount
+
+    # ---------------------------------------------------------------- claims (workers)
+
+    def claim_shards(
+        self, job: str, worker: str, steps: Iterable[ShardStep], *, limit: int, lease_s: float
+    ) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` of the job's shards in ``steps`` that no other worker holds
+        live; returns them (see :mod:`state.claims`)."""
+        return claims.claim_shards(self._db, job, worker, steps, limit=limit, lease_s=lease_s)
+
+    def release_shard(self, key: str, worker: str) -> bool:
+        """Give up ``worker``'s claim on a shard; False if it no longer held it."""
+        return claims.release_shard(self._db, key, worker)
+
+    def claim_requests(
+        self, custom_ids: Sequence[str], worker: str, *, lease_s: float, tier: Tier | str
+    ) -> list[str]:
+        """retryable → in_flight under ``worker``'s claim; returns the ids it got."""
+        return claims.claim_requests(
+            self._db, custom_ids, worker, lease_s=lease_s, tier=Tier(tier).value
+        )
+
+    def recover_expired_requests(self, job: str, reason: str) -> int:
+        """In-flight requests whose claim expired → retryable, their attempt given back."""
+        return claims.recover_expired_requests(self._db, job, reason)
+
+    def lock(self, name: str, job: str, worker: str, *, lease_s: float) -> tuple[bool, str | None, str | None]:
+        """Take a named lock unless held live: (taken, live holder, done)."""
+        return claims.lock(self._db, name, job, worker, lease_s=lease_s)
+
+    def unlock(self, name: str, worker: str, *, done: str | None = None) -> bool:
+        """Release a named lock held by ``worker``, recording ``done``."""
+        return claims.unlock(self._db, name, worker, done=done)
+
+    def lock_holder(self, name: str) -> tuple[str | None, str | None]:
+        """(live holder or None, done) of a named lock."""
+        return claims.lock_holder(self._db, name)
+
+    def renew(self, worker: str, *, lease_s: float) -> int:
+        """Extend every claim ``worker`` holds, and its heartbeat."""
+        return claims.renew(self._db, worker, lease_s=lease_s)
+
+    def register_worker(self, worker: str, job: str, run_id: int | None, *, lease_s: float,
+                        host: str | None = None, pid: int | None = None) -> None:
+        """Record a worker starting on a job (its host and pid, to tell when it is gone)."""
+        claims.register_worker(self._db, worker, job, run_id, lease_s=lease_s, host=host, pid=pid)
+
+    def reap_dead_local_workers(
+        self, job: str, host: str, me: str, alive: Callable[[int], bool]
+    ) -> list[str]:
+        """Expire at once the claims of this host's workers whose process is gone."""
+        return claims.reap_dead_local_workers(self._db, job, host, me, alive)
+
+    def stop_worker(self, worker: str) -> None:
+        """Release what ``worker`` holds (but in-flight calls) and mark it stopped."""
+        claims.stop_worker(self._db, worker)
+
+    def workers(self, job: str) -> list[dict[str, Any]]:
+        """The job's workers, newest first, with ``live`` and what each holds."""
+        return claims.workers(self._db, job)
+
+    def live_claims(self, job: str) -> dict[str, dict[str, int]]:
+        """worker → what it holds live on the job."""
+        return claims.live_claims(self._db, job)
+
+    def shard_lines(self, key: str) -> Iterator[tuple[str, bytes]]:
+        """(custom_id, body) of a shard's requests in custom_id order — the shard file's lines,
+        so any machine can rebuild the file from the ledger."""
+        return inputs.iter_shard(self._db, key)
+
+    def shard_generation(self, job: str, sha256: str) -> int:
+        """How many shards of ``job`` with this content the ledger already has (a shard key's
+        deterministic tag: a refresh that makes the same file again gets the next one)."""
+        return reports.shard_generation(self._db, job, sha256)
 
     # ---------------------------------------------------------------- reports
 
@@ -507,7 +599,9 @@ class Ledger:
         )
 
 
-def _shard_move(key: str, from_: ShardStep, to: ShardStep, fields: Mapping[str, Any]) -> Update:
+def _shard_move(
+    key: str, from_: ShardStep, to: ShardStep, fields: Mapping[str, Any], worker: str | None = None
+) -> Update:
     """The guarded UPDATE of a legal shard move; refuses illegal moves and unknown fields."""
     if not is_legal_shard_move(from_, to):
         raise LedgerError(f"illegal shard move {from_.value} → {to.value} (shard {key})")
@@ -519,11 +613,14 @@ def _shard_move(key: str, from_: ShardStep, to: ShardStep, fields: Mapping[str, 
     if isinstance(counts, Mapping):
         values["request_counts_json"] = orjson.dumps(counts, option=orjson.OPT_SORT_KEYS).decode()
     values.update(step=to.value, updated_at=time.time())
-    return (
+    statement = (
         update(t.shards)
         .where(t.shards.c.key == key, t.shards.c.step == from_.value)
         .values(values)
     )
+    if worker is not None:
+        statement = statement.where(t.shards.c.claimed_by == worker)
+    return statement
 
 
 def _move_values(

@@ -19,11 +19,15 @@ from state.status import RequestStatus, RowStatus
 __all__ = [
     "answered_ids",
     "iter_requests",
+    "kept_answers",
     "rejected_rows",
     "request_counts",
     "request_totals",
+    "result_history",
     "row_counts",
     "runs",
+    "shard",
+    "shard_generation",
     "shards",
     "statuses",
 ]
@@ -105,6 +109,13 @@ def shards(db: Database, job: str) -> list[dict[str, Any]]:
         return [dict(row._mapping) for row in connection.execute(query)]
 
 
+def shard(db: Database, key: str) -> dict[str, Any] | None:
+    """See :meth:`state.Ledger.shard`."""
+    with db.transaction("shard", write=False) as connection:
+        row = connection.execute(select(t.shards).where(t.shards.c.key == key)).one_or_none()
+    return None if row is None else dict(row._mapping)
+
+
 def request_totals(db: Database, job: str) -> dict[str, float]:
     """See :meth:`state.Ledger.request_totals`."""
     columns = t.requests.c
@@ -152,3 +163,45 @@ def iter_requests(
         if len(page) < page_size:
             return
         after = page[-1][0]
+
+
+_OPEN = [RequestStatus.PENDING.value, RequestStatus.QUEUED.value, RequestStatus.SUBMITTED.value,
+         RequestStatus.RETRYABLE.value, RequestStatus.IN_FLIGHT.value]
+
+
+def kept_answers(db: Database, job: str) -> int:
+    """See :meth:`state.Ledger.kept_answers`."""
+    rq, rs = t.requests, t.results
+    query = (
+        select(func.count())
+        .select_from(rq.join(rs, rs.c.custom_id == rq.c.custom_id))
+        .where(
+            rq.c.status.in_(_OPEN),
+            rs.c.status_code == 200,
+            rs.c.error_json.is_(None),
+            rq.c.custom_id.in_(select(t.rows.c.custom_id).where(t.rows.c.job == job)),
+        )
+    )
+    with db.transaction("kept_answers", write=False) as connection:
+        return int(connection.execute(query).scalar_one())
+
+
+def result_history(db: Database, custom_id: str) -> list[dict[str, Any]]:
+    """See :meth:`state.Ledger.result_history`."""
+    query = (
+        select(t.result_history)
+        .where(t.result_history.c.custom_id == custom_id)
+        .order_by(t.result_history.c.id)
+    )
+    with db.transaction("result_history", write=False) as connection:
+        rows = [dict(row._mapping) for row in connection.execute(query)]
+    for row in rows:
+        row["body"] = None if row["body"] is None else decompress(row["body"])
+    return rows
+
+
+def shard_generation(db: Database, job: str, sha256: str) -> int:
+    """See :meth:`state.Ledger.shard_generation`."""
+    query = select(func.count()).where(t.shards.c.job == job, t.shards.c.sha256 == sha256)
+    with db.transaction("shard_generation", write=False) as connection:
+        return int(connection.execute(query).scalar_one())

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, literal, or_, select, update
 
 from state import schema as t
 from state.engine import CHUNK_SIZE, BulkWrite, Database, chunked, compress, decompress
@@ -30,6 +30,7 @@ _STORED_COLUMNS = (
     "source",
     "batch_id",
     "received_at",
+    "run_id",
 )
 # In the order the compiled UPDATE takes them (SET, then WHERE): no reordering per row.
 _MOVE_COLUMNS = (
@@ -47,29 +48,35 @@ _AWAITING = sorted(status.value for status in AWAITING_ANSWER)
 _STATUS_VALUE: dict[str, str] = {status.value: status.value for status in RequestStatus}
 _SOURCE_VALUE: dict[str, str] = {source.value: source.value for source in ResultSource}
 _SUCCEEDED = RequestStatus.SUCCEEDED.value
+_RETRYABLE = RequestStatus.RETRYABLE.value
 _STATUS: dict[str, RequestStatus] = {status.value: status for status in RequestStatus}
 
 
-def record_results(db: Database, results: Iterable[ResultRecord]) -> int:
+def record_results(
+    db: Database, results: Iterable[ResultRecord], *, worker: str | None = None,
+    run_id: int | None = None,
+) -> int:
     """See :meth:`state.Ledger.record_results`."""
     moved = 0
     for chunk in chunked(results, CHUNK_SIZE):
         with db.transaction("record_results") as connection:
-            moved += len(_record(db, connection, chunk)[1])
+            moved += len(_record(db, connection, chunk, worker, run_id)[1])
     return moved
 
 
 def record_result_chunk(
-    db: Database, results: Iterable[ResultRecord]
+    db: Database, results: Iterable[ResultRecord], *, worker: str | None = None,
+    run_id: int | None = None,
 ) -> tuple[dict[str, RequestStatus], frozenset[str]]:
     """See :meth:`state.Ledger.record_result_chunk`."""
     with db.transaction("record_results") as connection:
-        before, taken = _record(db, connection, list(results))
+        before, taken = _record(db, connection, list(results), worker, run_id)
     return before, frozenset(result.custom_id for result in taken)
 
 
 def _record(
-    db: Database, connection: Connection, chunk: Sequence[ResultRecord]
+    db: Database, connection: Connection, chunk: Sequence[ResultRecord], worker: str | None,
+    run_id: int | None,
 ) -> tuple[dict[str, RequestStatus], list[ResultRecord]]:
     """Store the answers of one chunk in ``connection``'s transaction.
 
@@ -79,17 +86,18 @@ def _record(
     for result in chunk:  # a duplicate line within the chunk: the first one counts
         first.setdefault(result.custom_id, result)
     found = _statuses(db, connection, list(first))
-    before = {custom_id: status for custom_id, (status, _) in found.items()}
+    before = {custom_id: status for custom_id, (status, _, _) in found.items()}
     # In custom_id order: over twice as fast as the file's order on the B-trees.
-    taken = [first[key] for key in sorted(first) if _takes(first[key], found.get(key))]
+    taken = [first[key] for key in sorted(first) if _takes(first[key], found.get(key), worker)]
     if taken:
         now = time.time()
-        stored = []
+        replacing: list[tuple[Any, ...]] = []  # may replace an earlier answer
+        keeping: list[tuple[Any, ...]] = []  # retryable: never replaces an earlier answer
         moves = []
         for result in taken:
             outcome = _STATUS_VALUE[result.outcome]
             body = result.body
-            stored.append((
+            (keeping if outcome == _RETRYABLE else replacing).append((
                 result.custom_id,
                 result.status_code,
                 None if body is None else compress(body),
@@ -98,6 +106,7 @@ def _record(
                 _SOURCE_VALUE[result.source],
                 result.batch_id,
                 now,
+                run_id,
             ))
             moves.append((
                 outcome,
@@ -108,35 +117,68 @@ def _record(
                 now,
                 result.custom_id,
             ))
-        _store_statement(db).run(connection, stored)
+        if replacing:
+            _keep_history(connection, [row[0] for row in replacing], now)
+            _store_statement(db).run(connection, replacing)
+        _keep_statement(db).run(connection, keeping)
         _move_statement(db).run(connection, moves)
     return before, taken
 
 
-def _takes(result: ResultRecord, found: tuple[RequestStatus, str | None] | None) -> bool:
-    """Whether the request (its status and shard, or None if unknown) takes this answer: it
-    awaits one, and — for a batch line — still belongs to the shard whose batch gave it."""
+def _takes(
+    result: ResultRecord, found: tuple[RequestStatus, str | None, str | None] | None,
+    worker: str | None,
+) -> bool:
+    """Whether the request (its status, shard and claim, or None if unknown) takes this answer:
+    it awaits one; a batch line still belongs to the shard whose batch gave it; a flex answer
+    is recorded by the worker that holds the request's claim (or by anyone, if no one does)."""
     if found is None or found[0] not in AWAITING_ANSWER:
         return False
-    return result.shard_key is None or result.shard_key == found[1]
+    if result.shard_key is not None:
+        return result.shard_key == found[1]
+    claimed_by = found[2]
+    return worker is None or claimed_by is None or claimed_by == worker
 
 
 def _statuses(
     db: Database, connection: Connection, custom_ids: list[str]
-) -> dict[str, tuple[RequestStatus, str | None]]:
-    """The status and shard of each of ``custom_ids`` the ledger knows, read in the write
-    transaction (on PostgreSQL locking the rows, so nothing moves them between this read and
-    the write)."""
-    query = select(t.requests.c.custom_id, t.requests.c.status, t.requests.c.shard_key).where(
-        t.requests.c.custom_id.in_(bindparam("ids", expanding=True))
-    )
+) -> dict[str, tuple[RequestStatus, str | None, str | None]]:
+    """The status, shard and claim owner of each of ``custom_ids`` the ledger knows, read in
+    the write transaction (on PostgreSQL locking the rows, so nothing moves them between this
+    read and the write)."""
+    query = select(
+        t.requests.c.custom_id, t.requests.c.status, t.requests.c.shard_key,
+        t.requests.c.claimed_by,
+    ).where(t.requests.c.custom_id.in_(bindparam("ids", expanding=True)))
     if db.dialect == "postgresql":
         query = query.with_for_update()
-    found: dict[str, tuple[RequestStatus, str | None]] = {}
+    found: dict[str, tuple[RequestStatus, str | None, str | None]] = {}
     for chunk in chunked(custom_ids, CHUNK_SIZE):
-        for custom_id, status, shard_key in connection.execute(query, {"ids": chunk}):
-            found[custom_id] = (_STATUS[status], shard_key)
+        for custom_id, status, shard_key, claimed_by in connection.execute(query, {"ids": chunk}):
+            found[custom_id] = (_STATUS[status], shard_key, claimed_by)
     return found
+
+
+def _clean_answer(table: Any) -> Any:
+    """A stored result that is an answer (a 200 with nothing wrong with it)."""
+    return and_(table.c.status_code == 200, table.c.error_json.is_(None))
+
+
+_HISTORY_COLUMNS = ("custom_id", "status_code", "body", "error_json", "parsed_json", "source",
+                    "batch_id", "received_at", "run_id")
+
+
+def _keep_history(connection: Connection, custom_ids: list[str], now: float) -> None:
+    """Copy the earlier answers that the new results of ``custom_ids`` are about to replace
+    (a refreshed request answered again) into ``result_history``: nothing paid for is lost."""
+    source = select(
+        *(t.results.c[name] for name in _HISTORY_COLUMNS), literal(now).label("replaced_at")
+    ).where(
+        t.results.c.custom_id.in_(bindparam("ids", expanding=True)), _clean_answer(t.results)
+    )
+    statement = insert(t.result_history).from_select([*_HISTORY_COLUMNS, "replaced_at"], source)
+    for chunk in chunked(custom_ids, CHUNK_SIZE):
+        connection.execute(statement, {"ids": chunk})
 
 
 def _store_statement(db: Database) -> BulkWrite:
@@ -144,6 +186,19 @@ def _store_statement(db: Database) -> BulkWrite:
     return db.bulk(
         "results.store",
         lambda: db.upsert(t.results, ["custom_id"], _STORED_COLUMNS[1:]),
+        _STORED_COLUMNS,
+    )
+
+
+def _keep_statement(db: Database) -> BulkWrite:
+    """Upsert a retryable result, except over an earlier answer: a refreshed request whose new
+    try failed for now keeps the answer it had (export and status still show it)."""
+    return db.bulk(
+        "results.keep",
+        lambda: db.upsert(
+            t.results, ["custom_id"], _STORED_COLUMNS[1:],
+            where=~_clean_answer(t.results),
+        ),
         _STORED_COLUMNS,
     )
 
@@ -167,6 +222,8 @@ def _move_statement(db: Database) -> BulkWrite:
                 + bindparam("b_completion_tokens"),
                 cost_usd=t.requests.c.cost_usd + bindparam("b_cost_usd"),
                 updated_at=bindparam("b_now"),
+                claimed_by=None,
+                lease_until=None,
             )
         )
 

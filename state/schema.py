@@ -41,21 +41,24 @@ __all__ = [
     "evaluations",
     "exports",
     "jobs",
+    "leases",
     "meta",
     "metadata",
     "migrate",
     "quarantine",
     "requests",
+    "result_history",
     "results",
     "rows",
     "run_metrics",
     "runs",
     "scores",
     "shards",
+    "workers",
 ]
 
 #: The schema this groqbatch writes. Bump it together with a step in :data:`MIGRATIONS`.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -120,7 +123,11 @@ shards = Table(
     Column("error_file_id", String, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
-    Index("ix_shards_job", "job"),
+    # The worker whose next step on this shard is under way, until lease_until (Unix seconds).
+    # NULL or an expired lease: free to claim (see state/claims.py).
+    Column("claimed_by", String, nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Index("ix_shards_job", "job", "step"),
 )
 
 requests = Table(
@@ -139,6 +146,9 @@ requests = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # A flex call's owner and lease while the request is in_flight (see state/claims.py).
+    Column("claimed_by", String, nullable=True),
+    Column("lease_until", Float, nullable=True),
     # (status, custom_id) rather than (status): iter_pending pages through one status in
     # custom_id order, which this index serves as a range scan with no sort.
     Index("ix_requests_status", "status", "custom_id"),
@@ -156,6 +166,57 @@ results = Table(
     Column("source", String, nullable=False),  # ResultSource
     Column("batch_id", String, nullable=True),
     Column("received_at", Float, nullable=False),
+    Column("run_id", Integer, nullable=True),  # the run that recorded it (None before v2)
+)
+
+#: Answers that a newer answer replaced (``--refresh``): a refresh never deletes an answer
+#: before it has a new one, and the one it replaces is kept here with the run that got it.
+result_history = Table(
+    "result_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("custom_id", String, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("body", LargeBinary, nullable=True),
+    Column("error_json", Text, nullable=True),
+    Column("parsed_json", Text, nullable=True),
+    Column("source", String, nullable=False),
+    Column("batch_id", String, nullable=True),
+    Column("received_at", Float, nullable=False),
+    Column("run_id", Integer, nullable=True),
+    Column("replaced_at", Float, nullable=False),
+    Index("ix_result_history_custom_id", "custom_id"),
+)
+
+#: Named locks with an owner and a lease: ``compile:<job>`` lets one worker compile a job at a
+#: time. ``done`` records what the last holder finished (the compile's fingerprint), so a
+#: worker that waited for another's compile knows whether it still has to compile.
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("job", String, nullable=True),
+    Column("claimed_by", String, nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Column("done", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: Every ``groqbatch run`` process that worked on a job: ``seen_at`` is its heartbeat, so
+#: ``groqbatch status`` can tell live workers from dead ones.
+workers = Table(
+    "workers",
+    metadata,
+    Column("worker_id", String, primary_key=True),
+    Column("job", String, nullable=False),
+    Column("run_id", Integer, nullable=True),
+    Column("host", String, nullable=True),
+    Column("pid", Integer, nullable=True),
+    Column("started_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=False),
+    Column("lease_s", Float, nullable=False),
+    Column("stopped_at", Float, nullable=True),
+    Index("ix_workers_job", "job", "seen_at"),
 )
 
 quarantine = Table(
@@ -242,9 +303,34 @@ scores = Table(
 #: transaction :func:`ensure_schema` runs in.
 Migration = Callable[[Connection], None]
 
-#: Known steps, keyed by the version they start from. Version 1 is the first released
-#: schema, so nothing older exists yet; the first change to the tables adds ``{1: …}``.
-MIGRATIONS: Mapping[int, Migration] = {}
+
+
+def _add_columns(connection: Connection, table: Table, names: list[str]) -> None:
+    """``ALTER TABLE … ADD COLUMN`` for each of ``names``, typed as the model says, in this
+    dialect (nullable columns only: existing rows get NULL)."""
+    quote = connection.dialect.identifier_preparer.quote
+    for name in names:
+        column = table.c[name]
+        assert column.nullable, name
+        kind = column.type.compile(dialect=connection.dialect)
+        connection.exec_driver_sql(
+            f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(name)} {kind}"
+        )
+
+
+def _v1_to_v2(connection: Connection) -> None:
+    """Workers on one ledger: claims (owner and lease) on shards and requests, the run of a
+    result. The new tables (leases, workers, result_history) are created afterwards by
+    :func:`ensure_schema`, like any missing table."""
+    _add_columns(connection, shards, ["claimed_by", "lease_until"])
+    _add_columns(connection, requests, ["claimed_by", "lease_until"])
+    _add_columns(connection, results, ["run_id"])
+    connection.exec_driver_sql("DROP INDEX IF EXISTS ix_shards_job")
+    connection.exec_driver_sql("CREATE INDEX ix_shards_job ON shards (job, step)")
+
+
+#: Known steps, keyed by the version they start from.
+MIGRATIONS: Mapping[int, Migration] = {1: _v1_to_v2}
 
 _VERSION_KEY = "schema_version"
 

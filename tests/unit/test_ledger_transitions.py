@@ -150,7 +150,7 @@ def test_transition_shard_moves_the_shards_requests_only(ledger: Ledger) -> None
         ledger.transition_shard("s1", S.SUBMITTED, S.PENDING)
 
 
-def test_refresh_reopens_succeeded_requests_and_forgets_their_results(ledger: Ledger) -> None:
+def test_refresh_reopens_succeeded_requests_and_keeps_their_answers(ledger: Ledger) -> None:
     _add(ledger, ["a", "b", "c"])
     _bring_to(ledger, ["a", "b", "c"], S.SUBMITTED)
     ledger.record_results(
@@ -159,9 +159,30 @@ def test_refresh_reopens_succeeded_requests_and_forgets_their_results(ledger: Le
     )
     assert ledger.refresh(["a", "c", "ghost"]) == 1
     assert ledger.statuses(["a", "b", "c"]) == {"a": S.PENDING, "b": S.SUCCEEDED, "c": S.FAILED}
-    assert {r.custom_id for r in ledger.results_for(["a", "b", "c"])} == {"b", "c"}
+    # The earlier answer stays until a new one replaces it.
+    assert {r.custom_id for r in ledger.results_for(["a", "b", "c"])} == {"a", "b", "c"}
+    assert ledger.kept_answers("enrich") == 1
     assert [c for c, _ in ledger.iter_pending("enrich")] == ["a"]
     assert ledger.refresh(["a"]) == 0
+
+
+def test_a_new_answer_replaces_a_refreshed_one_and_the_old_goes_to_history(ledger: Ledger) -> None:
+    _add(ledger, ["a", "b"])
+    _bring_to(ledger, ["a", "b"], S.SUBMITTED)
+    ledger.record_results(
+        ResultRecord(i, S.SUCCEEDED, ResultSource.BATCH, 200, b'{"v": "old"}') for i in ("a", "b")
+    )
+    assert ledger.refresh(["a", "b"]) == 2
+    _bring_to(ledger, ["a", "b"], S.SUBMITTED)
+    # a: a retryable line (an expired batch) never replaces the earlier answer; b: a new one does.
+    ledger.record_results([
+        ResultRecord("a", S.RETRYABLE, ResultSource.BATCH, None, None, error='{"code": "x"}'),
+        ResultRecord("b", S.SUCCEEDED, ResultSource.BATCH, 200, b'{"v": "new"}'),
+    ])
+    bodies = {r.custom_id: r.body for r in ledger.results_for(["a", "b"])}
+    assert bodies == {"a": b'{"v": "old"}', "b": b'{"v": "new"}'}
+    assert [h["body"] for h in ledger.result_history("b")] == [b'{"v": "old"}']
+    assert ledger.result_history("a") == []
 
 
 def test_answered_ids_across_chunks(ledger: Ledger) -> None:
