@@ -309,6 +309,8 @@ def _status(outcome: RowOutcome | None) -> str:
         return NOT_RUN
     if outcome.reason is not None or outcome.custom_id is None:
         return REJECTED
+    if outcome.kept_answer:  # asked again by --refresh: the earlier answer stands until replaced
+        return SUCCEEDED
     return outcome.status or NOT_RUN
 
 

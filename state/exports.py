@@ -16,6 +16,8 @@ from state.engine import CHUNK_SIZE, Database, chunked, decompress
 
 __all__ = ["ExportRecord", "RowOutcome", "last_export", "record_export", "row_outcomes"]
 
+_OPEN = frozenset({"pending", "queued", "submitted", "retryable", "in_flight"})
+
 
 @dataclass(frozen=True, slots=True)
 class RowOutcome:
@@ -39,6 +41,17 @@ class RowOutcome:
     """The stored answer (response body JSON, uncompressed), if any."""
     parsed: str | None
     received_at: float | None
+    result_error: str | None = None
+    """What was wrong with the stored result (None for a clean answer)."""
+
+    @property
+    def kept_answer(self) -> bool:
+        """The request is open again (``--refresh``) and its earlier answer is still the one
+        stored: export gives that answer until a new one replaces it."""
+        return (
+            self.status in _OPEN and self.status_code == 200 and self.body is not None
+            and self.result_error is None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +72,7 @@ def row_outcomes(db: Database, job: str, row_keys: Iterable[str]) -> dict[str, R
         select(
             rw.c.row_key, rw.c.row_index, rw.c.custom_id, rw.c.reason,
             rq.c.status, rq.c.last_error, rq.c.tier, rq.c.prompt_tokens, rq.c.completion_tokens,
-            rs.c.status_code, rs.c.body, rs.c.parsed_json, rs.c.received_at,
+            rs.c.status_code, rs.c.body, rs.c.parsed_json, rs.c.received_at, rs.c.error_json,
         )
         .select_from(
             rw.outerjoin(rq, rq.c.custom_id == rw.c.custom_id)
@@ -86,6 +99,7 @@ def row_outcomes(db: Database, job: str, row_keys: Iterable[str]) -> dict[str, R
                 body=None if row.body is None else decompress(row.body),
                 parsed=row.parsed_json,
                 received_at=row.received_at,
+                result_error=row.error_json,
             )
     return found
 

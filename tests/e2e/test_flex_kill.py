@@ -128,3 +128,50 @@ def test_a_kill_during_the_fallback_then_a_rerun_answers_every_request_once(
     assert runs[0]["summary"]["fallback"]["tier"] == "flex"
     assert runs[1]["summary"] is None
     assert runs[1]["finished"] is None
+
+
+def test_kills_mid_call_are_not_failed_attempts(tmp_path: Path) -> None:
+    """Issue 16, case 3: ``mode = "sync"``, a server answering after 2 s, the run killed after
+    0.8 s three times — more kills than ``max_attempts``. No call ever got an answer or an
+    error, so none counts: the last run answers all five, and nothing ends ``failed``."""
+    server = ServeProcess("--chat-latency", "2")
+    server.wait_ready()
+    try:
+        folder = tmp_path / "sync"
+        folder.mkdir()
+        (folder / "rows.jsonl").write_text(
+            "".join(json.dumps({"id": i, "text": f"slow row {i}"}) + "\n" for i in range(5)))
+        config = folder / "job.toml"
+        config.write_text(
+            f'name = "slowsync"\nbackend = "local"\nbase_url = "{server.url}"\n'
+            'model = "llama-3.1-8b-instant"\n'
+            '[input]\npath = "rows.jsonl"\nid_column = "id"\n'
+            '[prompt]\nuser = "{{ text }}"\nmax_completion_tokens = 8\n'
+            '[policy]\nmode = "sync"\n'
+            "[policy.fallback]\nconcurrency = 5\nmax_attempts = 2\n"
+        )
+        ledger = folder / ".groqbatch" / "slowsync.sqlite"
+        for _ in range(3):
+            proc = subprocess.Popen([*groqbatch_command(), "run", "--quiet", str(config)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    env=clean_env(), cwd=folder)
+            deadline = time.monotonic() + 20
+            while counts(ledger).get("in_flight", 0) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=10) == -signal.SIGKILL
+            assert counts(ledger).get("in_flight") == 5  # killed mid-call, every time
+        final = run_cli("run", "--json", str(config), cwd=folder, timeout_s=40)
+        assert final.returncode == 0, final.stderr
+        summary = json.loads(final.stdout)
+        assert summary["requests"]["succeeded"] == 5
+        assert summary["requests"]["failed"] == 0
+        assert summary["fallback"]["recovered_in_flight"] == 5
+        assert summary["fallback"]["gave_up"] == 0
+        assert any("taken back" in note for note in summary["notes"])
+        with sqlite3.connect(ledger) as db:
+            attempts = [row[0] for row in db.execute("SELECT attempts FROM requests")]
+        assert attempts == [1] * 5  # only the call that was answered counts
+    finally:
+        server.stop()
