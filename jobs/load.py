@@ -33,11 +33,35 @@ from jobs.locate import KeyPath, key_lines, line_of
 from jobs.spec import JobSpec
 from pipeline.errors import ConfigError
 
-__all__ = ["CONFIG_SUFFIXES", "load_job", "parse_config", "spec_hash", "spec_json"]
+__all__ = [
+    "CONFIG_SUFFIXES",
+    "LEDGER_ENV",
+    "load_job",
+    "parse_config",
+    "spec_hash",
+    "spec_json",
+    "with_ledger",
+]
+
+LEDGER_ENV = "GROQBATCH_LEDGER"
+"""The environment variable that names the ledger over a config's ``ledger``."""
 
 CONFIG_SUFFIXES = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 _SECRET_KEYS = frozenset({"api_key", "apikey", "groq_api_key", "authorization"})
 _TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def with_ledger(spec: JobSpec, target: str | os.PathLike[str] | None = None) -> JobSpec:
+    """``spec`` with its ledger replaced by ``target`` — else by ``$GROQBATCH_LEDGER`` if set —
+    so workers on several machines share one ledger without editing the config. A path is
+    taken from the current directory (as typed on a command line), a URL as it is."""
+    chosen = target if target is not None else os.environ.get(LEDGER_ENV) or None
+    if chosen is None:
+        return spec
+    text = os.fspath(chosen)
+    if "://" not in text:
+        text = str(Path(text).expanduser().resolve())
+    return spec.model_copy(update={"ledger": text})
 
 
 def load_job(path: str | os.PathLike[str]) -> JobSpec:

@@ -24,11 +24,13 @@ from typing import Any, Literal
 import anyio
 
 from jobs import JobSpec, PlanReport, job_from_dict, load_job
+from jobs.load import with_ledger
 
 from .errors import ConfigError
 from .export import iter_results
 from .planning import existing_ledger, plan_config
 from .runner import RunSummary, run_job
+from .workers import Worker
 
 __all__ = ["job_from_dict", "load", "plan", "results", "results_frame", "run", "run_async"]
 
@@ -41,9 +43,10 @@ def load(path: str | os.PathLike[str]) -> JobSpec:
 
 
 def _job(job: JobLike) -> tuple[JobSpec, Path | None]:
+    """The spec (with ``$GROQBATCH_LEDGER`` over its ledger, as on the command line)."""
     if isinstance(job, JobSpec):
-        return job, None
-    return load_job(job), Path(job)
+        return with_ledger(job), None
+    return with_ledger(load_job(job)), Path(job)
 
 
 def plan(job: JobLike, *, refresh: bool = False) -> PlanReport:
@@ -52,10 +55,16 @@ def plan(job: JobLike, *, refresh: bool = False) -> PlanReport:
 
 
 async def run_async(job: JobLike, *, wait: bool = True, refresh: bool = False,
-                    run_name: str | None = None) -> RunSummary:
-    """Run (or resume) a job; with ``wait=False``, advance what can move now and return."""
+                    run_name: str | None = None, ledger: str | None = None,
+                    worker_id: str | None = None) -> RunSummary:
+    """Run (or resume, or join) a job; with ``wait=False``, advance what can move now and
+    return. Any number of calls, in any processes sharing the ledger, share the work;
+    ``ledger`` (else ``$GROQBATCH_LEDGER``) overrides the config's."""
     spec, config = _job(job)
-    return await run_job(spec, wait=wait, refresh=refresh, run_name=run_name, config_path=config)
+    if ledger is not None:
+        spec = with_ledger(spec, ledger)
+    return await run_job(spec, wait=wait, refresh=refresh, run_name=run_name, config_path=config,
+                         worker=Worker.make(worker_id))
 
 
 def run(job: JobLike, **options: Any) -> RunSummary:

@@ -144,16 +144,11 @@ def ledger_option(func: F) -> F:
 
 
 def load_spec(config: Path, ledger_url: str | None) -> Any:
-    """Load a job config, with the ledger from ``--ledger``/``GROQBATCH_LEDGER`` if given (a
-    path is taken from the current directory, as a user typing it expects)."""
+    """Load a job config, with the ledger from ``--ledger``/``GROQBATCH_LEDGER`` if given."""
     from jobs import load_job
+    from jobs.load import with_ledger
 
-    spec = load_job(config)
-    if not ledger_url:
-        return spec
-    if "://" not in ledger_url:
-        ledger_url = str(Path(ledger_url).expanduser().resolve())
-    return spec.model_copy(update={"ledger": ledger_url})
+    return with_ledger(load_job(config), ledger_url)
 
 
 @main.command()
