@@ -55,6 +55,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from jobs import JobSpec, Price
+from jobs.answers import judge_answer
 from jobs.compile import SYNC_MODE_REASON, estimate_completion_tokens, estimate_prompt_tokens
 from jobs.outputs import (
     OutputValidator,
@@ -482,21 +483,32 @@ class _Stage:
         return _Outcome(call, result=self._succeeded(call, reply))
 
     def _succeeded(self, call: _Call, reply: ChatReply) -> ResultRecord:
-        """A 200 answer: succeeded with its parsed output, or (not parsing or not fitting the
-        output schema) an invalid output — paid for all the same (see :mod:`jobs.outputs`)."""
-        usage: Mapping[str, Any] = reply.body.get("usage") or {}
+        """A 200 reply: succeeded with its parsed output; or (not parsing or not fitting the
+        output schema) an invalid output — paid for all the same (see :mod:`jobs.outputs`); or,
+        when the body is not an answer at all (:mod:`jobs.answers`), retryable, asked again
+        after a backoff, the body kept with the reason."""
+        body, problem = judge_answer(reply.body)
+        usage: Any = body.get("usage") if isinstance(body, Mapping) else None
+        usage = usage if isinstance(usage, Mapping) else {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
+        cost = self.price.cost(prompt, completion, "flex") if self.price else 0.0
+        if problem is not None:
+            self.due[call.custom_id] = time.monotonic() + random.uniform(
+                0, min(self.retry.max_backoff_s, self.retry.initial_backoff_s * 2 ** call.attempts))
+            return ResultRecord(call.custom_id, RequestStatus.RETRYABLE, ResultSource.FLEX,
+                                status_code=200, body=orjson.dumps(body),
+                                error=FLEX_PREFIX + problem, prompt_tokens=prompt,
+                                completion_tokens=completion, cost_usd=cost)
         outcome, parsed, error = RequestStatus.SUCCEEDED, None, None
         if self.outputs is not None:
-            verdict = self.outputs.judge(reply.body)
+            verdict = self.outputs.judge(body)
             parsed, error = verdict.parsed, verdict.invalid
             if error is not None:
                 outcome = self.outputs.invalid_outcome
         return ResultRecord(call.custom_id, outcome, ResultSource.FLEX, status_code=200,
-                            body=orjson.dumps(reply.body), error=error, parsed=parsed,
-                            prompt_tokens=prompt, completion_tokens=completion,
-                            cost_usd=self.price.cost(prompt, completion, "flex") if self.price else 0.0)
+                            body=orjson.dumps(body), error=error, parsed=parsed,
+                            prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost)
 
     def _failed(self, call: _Call, exc: PermanentAPIError) -> ResultRecord:
         body = exc.body if exc.body is not None else {"error": {"message": exc.message}}

@@ -5,7 +5,10 @@ object's ``bytes``), then read line by line and written in chunks — one transa
 upsert on ``custom_id``, so a line read twice (a duplicate, or a file read again after a
 crash) changes nothing. What the API returned is kept as it is; nothing is invented:
 
-- ``response.status_code == 200`` → succeeded, with the body, tokens and the batch-priced cost;
+- ``response.status_code == 200`` with an answer (:mod:`jobs.answers`: a chat completion whose
+  first choice has ``content`` or ``tool_calls``; a body sent as a JSON string is parsed) →
+  succeeded, with the body, tokens and the batch-priced cost — a 200 that is not an answer is
+  quarantined with the reason and its request becomes retryable;
   when the job has an output schema, its parsed output too — or, for an answer that does not
   parse or fit (and for Groq's 400 ``json_validate_failed``), an invalid output, failed or
   retryable per ``[policy] retry_invalid_output`` (:mod:`jobs.outputs`);
@@ -34,6 +37,7 @@ import anyio
 import orjson
 
 from jobs import Price
+from jobs.answers import is_not_an_answer, judge_answer
 from jobs.outputs import (
     OutputValidator,
     invalid_output_error,
@@ -187,6 +191,8 @@ def apply_file(ledger: Ledger, path: Path, shard: Mapping[str, Any], file_id: st
                     bad.append(quarantined(raw, result, line_no))
                 else:
                     parsed.append((line_no, raw, result))
+                    if is_not_an_answer(result.error):  # kept whole for a person to read
+                        bad.append(quarantined(raw, result.error or "", line_no))
             # One look-up of the chunk's ids, in the transaction that stores the answers: the
             # status each known id had before (an id the ledger never sent is not in it).
             known, taken = ledger.record_result_chunk(result for _, _, result in parsed)
@@ -203,6 +209,10 @@ def apply_file(ledger: Ledger, path: Path, shard: Mapping[str, Any], file_id: st
             report.quarantined += ledger.quarantine(bad)
             crash_point("mid_reconcile")
     return report
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _parse_line(raw: bytes, batch_id: str | None, price: Price | None,
@@ -231,12 +241,16 @@ def _parse_line(raw: bytes, batch_id: str | None, price: Price | None,
         body = response.get("body")
         outcome = _outcome_for_status(status)
         prompt = completion = 0
-        if outcome is RequestStatus.SUCCEEDED and isinstance(body, dict):
-            usage = body.get("usage") or {}
-            prompt = int(usage.get("prompt_tokens") or 0)
-            completion = int(usage.get("completion_tokens") or 0)
         error_text = parsed = None
-        if outcome is RequestStatus.SUCCEEDED and outputs is not None:
+        if outcome is RequestStatus.SUCCEEDED:
+            body, error_text = judge_answer(body)
+            usage = body.get("usage") if isinstance(body, dict) else None
+            if isinstance(usage, dict):  # paid for, answer or not
+                prompt = _int(usage.get("prompt_tokens"))
+                completion = _int(usage.get("completion_tokens"))
+            if error_text is not None:
+                outcome = RequestStatus.RETRYABLE  # ask again; the line is quarantined too
+        if error_text is None and outcome is RequestStatus.SUCCEEDED and outputs is not None:
             verdict = outputs.judge(body)
             parsed, error_text = verdict.parsed, verdict.invalid
             if error_text is not None:
@@ -244,7 +258,7 @@ def _parse_line(raw: bytes, batch_id: str | None, price: Price | None,
         elif outcome is RequestStatus.FAILED and (reason := json_validate_failed(body)):
             error_text = invalid_output_error(reason)
             outcome = outputs.invalid_outcome if outputs is not None else RequestStatus.FAILED
-        elif outcome is not RequestStatus.SUCCEEDED:
+        elif outcome is not RequestStatus.SUCCEEDED and error_text is None:
             inner = body.get("error") if isinstance(body, dict) else None
             error_text = orjson.dumps(inner if inner is not None else body).decode()
         return ResultRecord(

@@ -14,6 +14,8 @@ Readers ``BEGIN`` deferred, so a reader never blocks a writer (WAL).
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -289,6 +291,24 @@ def _mask(text: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode = WAL``, waiting out other processes that open the same new file.
+
+    Switching a fresh database to WAL needs an exclusive lock, and SQLite does not always wait
+    on the busy handler for it: several workers started together on one new ledger got
+    "database is locked" at once. So try again, up to the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -297,7 +317,7 @@ def _configure_sqlite(engine: Engine) -> None:
         try:
             # busy_timeout first: switching to WAL itself needs a lock another process may hold.
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
             # custom_ids are content hashes, so inserts land all over the B-trees: with the

@@ -1,0 +1,71 @@
+"""What counts as an answer: a server is trusted for nothing it does not prove (DESIGN.md).
+
+A ``200`` batch line or flex reply is an answer only if its body is a chat completion whose
+first choice has a message with ``content`` (a string) or ``tool_calls`` (a non-empty list).
+A body sent as a JSON *string* holding the completion (one open-source batch server writes it
+that way) is parsed once and judged the same. Anything else — ``null``, ``{}``, no or empty
+``choices``, ``content: null`` with no ``tool_calls``, a string that is not JSON — is not an
+answer: the line is quarantined with the reason and its request goes back to retryable, never
+``succeeded`` without an answer.
+
+    >>> judge_answer({"choices": [{"message": {"content": "hi"}}]})[1] is None
+    True
+    >>> judge_answer('{"choices": [{"message": {"content": "hi"}}]}')[0]["choices"][0]["message"]
+    {'content': 'hi'}
+    >>> judge_answer({"choices": []})[1]
+    'not an answer: the body has no choices'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+__all__ = ["NOT_AN_ANSWER", "is_not_an_answer", "judge_answer"]
+
+NOT_AN_ANSWER = "not an answer: "
+"""How the reason starts, in ``last_error`` and the quarantine."""
+
+
+def judge_answer(body: Any) -> tuple[Any, str | None]:
+    """(the body — parsed, if it came as a JSON string —, None) for an answer, else (the body,
+    the reason it is not one)."""
+    if isinstance(body, str):
+        try:
+            body = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body, NOT_AN_ANSWER + "the body is a string that is not JSON (cut short?)"
+    if body is None:
+        return body, NOT_AN_ANSWER + "the body is null"
+    if not isinstance(body, Mapping):
+        return body, NOT_AN_ANSWER + f"the body is a JSON {_kind(body)}, not a chat completion"
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return body, NOT_AN_ANSWER + "the body has no choices"
+    first = choices[0]
+    message = first.get("message") if isinstance(first, Mapping) else None
+    if not isinstance(message, Mapping):
+        return body, NOT_AN_ANSWER + "the first choice has no message"
+    if isinstance(message.get("content"), str):
+        return body, None
+    calls = message.get("tool_calls")
+    if isinstance(calls, list) and calls:
+        return body, None
+    return body, NOT_AN_ANSWER + "the first choice's message has neither content nor tool_calls"
+
+
+def is_not_an_answer(error: str | None) -> bool:
+    """Whether a recorded error is :func:`judge_answer`'s verdict (possibly prefixed)."""
+    return error is not None and NOT_AN_ANSWER in error
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
