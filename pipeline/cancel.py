@@ -7,7 +7,7 @@ output; ``wait=True`` polls until then and reconciles, ``wait=False`` only sends
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 
@@ -17,7 +17,7 @@ from state import Ledger, ShardStep
 
 from .backend import open_client
 from .client import GroqClient
-from .errors import PermanentAPIError
+from .errors import APIError
 from .planning import resolve_model
 from .poll import PollInterval, poll_batches
 from .reconcile import ReconcileReport, reconcile_shards
@@ -40,18 +40,32 @@ async def cancel_in_flight(ledger: Ledger, client: GroqClient, job: str) -> tupl
     """Ask for every in-flight batch of ``job`` to be cancelled (once: a batch already
     cancelling is left alone). Returns (cancelled, already settled)."""
     cancelled = settled = 0
+    # The client's retries, but not on 409: for a cancel it means "already settled".
+    no_conflict_retry = replace(client.retry, not_retried=frozenset({409}))
     for shard in ledger.shards(job):
         if shard["step"] != ShardStep.SUBMITTED or shard["batch_status"] in CANCELLING_OR_SETTLED:
             continue
         try:
-            batch = await client.cancel_batch(shard["batch_id"])
-        except PermanentAPIError:
-            settled += 1  # it settled meanwhile: poll and reconcile take it from here
-            continue
+            batch = await client.cancel_batch(shard["batch_id"], retry=no_conflict_retry)
+        except APIError as exc:
+            if exc.status_code not in REFUSED_AS_SETTLED:
+                raise
+            # "Cannot cancel batch … with status 'completed'" (a 409 on some servers, a 400 on
+            # others): it settled meanwhile. Ask what it is now; poll and reconcile take it
+            # from here, as for any settled batch.
+            batch = await client.get_batch(shard["batch_id"])
+            if not (batch.settled or batch.status == "cancelling"):
+                raise
+            settled += 1
+        else:
+            cancelled += 1
         ledger.set_shard_step(shard["key"], ShardStep.SUBMITTED, ShardStep.SUBMITTED,
                               batch_status=batch.status)
-        cancelled += 1
     return cancelled, settled
+
+
+REFUSED_AS_SETTLED = frozenset({400, 404, 409})
+"""How servers refuse to cancel a batch that already settled (or is no longer there)."""
 
 
 async def cancel_job(spec: JobSpec, *, wait: bool = True, timeout_s: float = 900.0) -> CancelReport:

@@ -365,8 +365,9 @@ class GroqClient:
             if not cursor:
                 return
 
-    async def cancel_batch(self, batch_id: str) -> RemoteBatch:
-        return RemoteBatch.from_api(await self._json("POST", f"{OPENAI_PREFIX}/batches/{batch_id}/cancel"))
+    async def cancel_batch(self, batch_id: str, *, retry: RetryPolicy | None = None) -> RemoteBatch:
+        return RemoteBatch.from_api(
+            await self._json("POST", f"{OPENAI_PREFIX}/batches/{batch_id}/cancel", retry=retry))
 
     # -- chat, models, fine tunings ---------------------------------------------------------------
 

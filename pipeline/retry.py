@@ -8,12 +8,12 @@ as the groq SDK does (wire-notes §1), rather than sleeping for minutes inside o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_random_exponential,
 )
@@ -33,6 +33,12 @@ class RetryPolicy:
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     max_retry_after_s: float = 60.0
+    not_retried: frozenset[int] = field(default_factory=frozenset)
+    """Statuses of the retryable class that this call does not retry (a 409 on cancel means
+    "already settled", not "try again")."""
+
+    def retries(self, exc: BaseException) -> bool:
+        return isinstance(exc, RetryableAPIError) and exc.status_code not in self.not_retried
 
     def wait_s(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -49,9 +55,10 @@ class RetryPolicy:
         return AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
             wait=self.wait_s,
-            retry=retry_if_exception_type(RetryableAPIError),
+            retry=retry_if_exception(self.retries),
             reraise=True,
         )
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+

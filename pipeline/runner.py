@@ -187,7 +187,8 @@ class _Run:
         self.compiled = CompileReport(job=spec.name, model=model)
         self.compile_waiting: str | None = None
         """The worker whose compile this one is waiting for, if any."""
-        self.notes: list[str] = []
+        self.skipped: set[str] = set()
+        """Optional calls the server refused, skipped (notes for the summary)."""
 
     async def _compile(self, *, only_shards: bool = False) -> bool:
         """Compile under the job's compile lock; False (and who holds it) if another worker is
@@ -262,6 +263,7 @@ class _Run:
                                                     worker=worker, shard_dir=shard_dir)
                     created = submitted.created
                     touched_uploads |= bool(submitted.uploaded or submitted.adopted_files)
+                    self.skipped.update(submitted.notes)
                 polled = await poll_batches(ledger, client, spec.name, worker)
                 poll_calls += polled.calls
                 round_reconciled = await reconcile_shards(
@@ -287,7 +289,7 @@ class _Run:
                     await self._compile(only_shards=True)
                 finished = in_flight == 0 and open_requests == 0 and self.compile_waiting is None
                 if finished and touched_uploads:
-                    swept = await sweep_orphan_uploads(ledger, client, spec.name)
+                    swept = await sweep_orphan_uploads(ledger, client, spec.name, self.skipped)
                     touched_uploads = False
                 if finished or not self.wait or flexed.budget_exhausted:
                     break
@@ -329,6 +331,7 @@ class _Run:
                open_requests: int) -> None:
         spec = self.spec
         notes = summary.notes
+        notes.extend(sorted(self.skipped))
         if swept:
             notes.append(f"deleted {swept} stray uploads of this job's shards left by an interrupted run")
         if flexed.recovered_in_flight:

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +26,7 @@ from jobs.requests import batch_line
 from state import Ledger, ShardStep
 
 from .client import GroqClient, RemoteBatch, RemoteFile
-from .errors import APIError, LedgerError, RetryableAPIError
+from .errors import APIError, LedgerError, PermanentAPIError, RetryableAPIError
 from .faultpoints import crash_point
 from .retry import NO_RETRY
 from .workers import Worker
@@ -57,6 +57,8 @@ class SubmitReport:
     adopted_batches: int = 0
     deferred: int = 0
     """Shards whose calls kept failing retryably; the next round tries them again."""
+    notes: set[str] = field(default_factory=set)
+    """Optional calls the server does not offer, skipped (for the run summary)."""
 
 
 async def submit_shards(ledger: Ledger, client: GroqClient, job: str, *, completion_window: str,
@@ -141,7 +143,7 @@ async def _advance_shard(ledger: Ledger, client: GroqClient, job: str, shard: Ma
         move(ShardStep.COMPILED, ShardStep.UPLOADING)
         step = ShardStep.UPLOADING
     if step is ShardStep.UPLOADING:
-        remote = await _adopt_file(client, shard) if shard["step"] == ShardStep.UPLOADING else None
+        remote = await _adopt_file(client, shard, report.notes) if shard["step"] == ShardStep.UPLOADING else None
         if remote is not None:
             report.adopted_files += 1
             log.info("shard %s: adopted uploaded file %s", key, remote.id)
@@ -150,7 +152,7 @@ async def _advance_shard(ledger: Ledger, client: GroqClient, job: str, shard: Ma
             remote, adopted = await make_once(
                 client,
                 lambda: client.upload_file(path, filename=upload_filename(key), retry=NO_RETRY),
-                lambda: _adopt_file(client, shard),
+                lambda: _adopt_file(client, shard, report.notes),
             )
             report.uploaded += not adopted
             report.adopted_files += adopted
@@ -261,42 +263,87 @@ def _counts(batch: RemoteBatch) -> dict[str, int]:
     return {"total": counts.total, "completed": counts.completed, "failed": counts.failed}
 
 
-async def _adopt_file(client: GroqClient, shard: Mapping[str, Any]) -> RemoteFile | None:
-    """The file a crashed run uploaded for this shard, if the server has it (name and size)."""
+OPTIONAL_REFUSED = frozenset({404, 405, 501})
+"""What a server answers for an endpoint it does not have: an optional call (listing files to
+adopt, the stray-upload sweep) refused so is skipped with a note, never failing the run."""
+
+
+def refused_optional(exc: APIError) -> bool:
+    return exc.status_code in OPTIONAL_REFUSED
+
+
+async def _adopt_file(client: GroqClient, shard: Mapping[str, Any],
+                      notes: set[str]) -> RemoteFile | None:
+    """The file a crashed run uploaded for this shard, if the server has it (name and size).
+
+    A server that cannot list files: nothing to adopt, so the file is uploaded again — an
+    unused upload costs nothing (the sweep deletes strays where the server lets it), a second
+    batch would cost money; batches are never created blindly (:func:`_adopt_batch`).
+    """
     name = upload_filename(shard["key"])
-    matches = [f for f in await client.list_files() if f.filename == name and f.bytes == shard["bytes"]]
+    try:
+        listed = await client.list_files()
+    except APIError as exc:
+        if not refused_optional(exc):
+            raise
+        notes.add(f"the server does not list files (HTTP {exc.status_code}): a shard file whose "
+                  "upload was interrupted was uploaded again")
+        return None
+    matches = [f for f in listed if f.filename == name and f.bytes == shard["bytes"]]
     return max(matches, key=lambda f: f.created_at) if matches else None
 
 
 async def _adopt_batch(client: GroqClient, job: str, shard: Mapping[str, Any]) -> RemoteBatch | None:
     """The batch a crashed run created for this shard, if any. Batches are listed newest first;
-    none older than the recorded intent (less a margin) can be ours, so the walk stops there."""
+    none older than the recorded intent (less a margin) can be ours, so the walk stops there.
+
+    A server that cannot list batches cannot say whether the batch exists: creating one blindly
+    could pay for the shard twice, so that is refused, saying so.
+    """
     wanted = batch_metadata(job, shard["key"])
     oldest = float(shard["updated_at"]) - ADOPTION_MARGIN_S
-    async for batch in client.iter_batches():
-        if all(batch.metadata.get(k) == v for k, v in wanted.items()):
-            return batch
-        if batch.created_at and batch.created_at < oldest:
-            return None
+    try:
+        async for batch in client.iter_batches():
+            if all(batch.metadata.get(k) == v for k, v in wanted.items()):
+                return batch
+            if batch.created_at and batch.created_at < oldest:
+                return None
+    except APIError as exc:
+        if not refused_optional(exc):
+            raise
+        raise PermanentAPIError(
+            f"shard {shard['key']}: creating its batch was interrupted and the server cannot "
+            f"list batches (HTTP {exc.status_code}) to tell whether it exists; groqbatch will "
+            "not create one blindly and risk paying twice. Look for a batch with metadata "
+            f"groqbatch_shard={shard['key']} on the server",
+            status_code=exc.status_code,
+        ) from exc
     return None
 
 
-async def sweep_orphan_uploads(ledger: Ledger, client: GroqClient, job: str) -> int:
+async def sweep_orphan_uploads(ledger: Ledger, client: GroqClient, job: str,
+                               notes: set[str] | None = None) -> int:
     """Delete uploads of this job's shards that the ledger does not hold.
 
     A run killed after an upload, whose answer only reached the server after the next run had
     listed files and uploaded again, leaves a second copy: it costs storage, never a batch
     (batches are only created from recorded file ids). Called once every shard is settled;
     only shards whose file is recorded and that no worker holds are looked at, so an upload a
-    live claim may still be using is never deleted.
+    live claim may still be using is never deleted. Cleanup is optional: a server that does not
+    list or delete files, or any other refusal, is noted and never fails a run whose results
+    are saved.
     """
+    notes = notes if notes is not None else set()
     recorded = {upload_filename(s["key"]): s["file_id"] for s in ledger.shards(job)
                 if s["file_id"] and not _held_live(s)}
     swept = 0
-    for remote in await client.list_files():
-        if remote.filename in recorded and remote.id != recorded[remote.filename]:
-            await client.delete_file(remote.id)
-            swept += 1
+    try:
+        for remote in await client.list_files():
+            if remote.filename in recorded and remote.id != recorded[remote.filename]:
+                await client.delete_file(remote.id)
+                swept += 1
+    except APIError as exc:
+        notes.add(f"stray uploads were not swept: {exc}")
     return swept
 
 
