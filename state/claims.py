@@ -255,6 +255,13 @@ def register_worker(db: Database, worker: str, job: str, run_id: int | None, *, 
     statement = db.upsert(t.workers, ["worker_id"], [c for c in values if c != "worker_id"])
     with db.transaction("register_worker") as connection:
         connection.execute(statement, [values])
+        # Worker ids are unique among live workers: claims already under this id belong to an
+        # earlier process of the same name (a restarted systemd unit, say), which is gone. They
+        # expire now, to be taken over — their in-flight calls recovered — as any dead worker's.
+        for table in (t.shards, t.requests, t.leases):
+            connection.execute(
+                update(table).where(table.c.claimed_by == worker).values(lease_until=now - 1)
+            )
 
 
 def reap_dead_local_workers(
