@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from jobs.inputs import iter_job_rows
+from jobs.inputs import find_duplicate_ids, iter_job_rows
 from jobs.requests import RequestBuilder, row_key_for, unkeyed_row_key
 from jobs.spec import JobSpec
 from jobs.template import RowRejected
@@ -31,6 +31,9 @@ class CheckReport:
     rows: int = 0
     ok: int = 0
     rejected: int = 0
+    duplicate_rows: int = 0
+    """Rows left out because another row has their id (``on_duplicate_id = "first"`` or
+    ``"last"``); not counted in ``rows``."""
     first_rejections: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -46,13 +49,15 @@ def check_job(spec: JobSpec, *, config_path: str = "", keep_rejections: int = 5,
     ``ft:`` id stands in, since rendering does not depend on it.
 
     Raises :class:`~pipeline.errors.InputError` for an input that cannot be read at all (a
-    missing file, a broken JSONL line), naming the file and line.
+    missing file, a broken JSONL line) or that repeats an id (``on_duplicate_id = "error"``),
+    naming the file and line.
     """
     if model is None and spec.model is None:
         model = PLACEHOLDER_ADAPTER_MODEL
     builder = RequestBuilder(spec, model=model)
-    report = CheckReport(config=config_path, job=spec.name)
-    for row_index, source_line, row in iter_job_rows(spec.input, spec.input_path):
+    duplicates = find_duplicate_ids(spec.input, spec.input_path)
+    report = CheckReport(config=config_path, job=spec.name, duplicate_rows=duplicates.left_out)
+    for row_index, source_line, row in iter_job_rows(spec.input, spec.input_path, duplicates):
         report.rows += 1
         row_key = unkeyed_row_key(row_index)
         try:

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from jobs.inputs import iter_job_rows
+from jobs.inputs import find_duplicate_ids, iter_job_rows
 from jobs.load import spec_hash, spec_json
 from jobs.requests import (
     CHAT_ENDPOINT,
@@ -104,6 +104,7 @@ class RowTally:
     new_rows: int = 0
     changed_rows: int = 0
     unchanged_rows: int = 0
+    duplicate_rows: int = 0
 
 
 @dataclass(slots=True)
@@ -127,6 +128,9 @@ class CompileReport:
     ``cache = false`` run's fresh salt): their new requests are sent, unless answered before."""
     unchanged_rows: int = 0
     """Rows whose request is the one recorded before: answered from the ledger if it was."""
+    duplicate_rows: int = 0
+    """Rows left out because another row has their id (``[input] on_duplicate_id = "first"``
+    or ``"last"``); not counted in ``rows``."""
     shards: list[ShardSummary] = field(default_factory=list)
     est_prompt_tokens: int = 0
     est_completion_tokens: int = 0
@@ -148,10 +152,15 @@ def record_rows_and_requests(
 
     With ``previous`` (the job's ledger before this compile), each row is also counted as
     new, changed (its ``custom_id`` differs from the one recorded) or unchanged.
+
+    Rows come one per id (:func:`jobs.inputs.iter_job_rows`), so no chunk holds two rows
+    with one key and no row is recorded only to be replaced by a later one. A duplicate id
+    with ``on_duplicate_id = "error"`` raises ``InputError`` here, before any row is recorded.
     """
-    tally = RowTally()
+    duplicates = find_duplicate_ids(spec.input, spec.input_path)
+    tally = RowTally(duplicate_rows=duplicates.left_out)
     id_column = spec.input.id_column
-    for chunk in chunked(iter_job_rows(spec.input, spec.input_path), CHUNK_ROWS):
+    for chunk in chunked(iter_job_rows(spec.input, spec.input_path, duplicates), CHUNK_ROWS):
         rows: list[RowRecord] = []
         requests: dict[str, RequestRecord] = {}  # deduplicated within the chunk
         for row_index, _line, row in chunk:
@@ -276,6 +285,7 @@ def compile_job(
         new_rows=tally.new_rows,
         changed_rows=tally.changed_rows,
         unchanged_rows=tally.unchanged_rows,
+        duplicate_rows=tally.duplicate_rows,
     )
     if spec.policy.mode == "sync":
         report.to_send = route_to_sync(spec, ledger)

@@ -149,6 +149,7 @@ def plan_job(
             new_rows=tally.new_rows,
             changed_rows=tally.changed_rows,
             unchanged_rows=tally.unchanged_rows,
+            duplicate_rows=tally.duplicate_rows,
         )
         if not spec.policy.cache:
             # A run salts with its own identity (not known here): every known row changes.
@@ -163,6 +164,12 @@ def plan_job(
     report.new_requests = report.to_send
     plan = _price(spec, report, table)
     plan.rejections = rejections
+    if report.duplicate_rows:
+        kept = spec.input.on_duplicate_id
+        plan.warnings.append(
+            f"{report.duplicate_rows} rows left out: another row has the same "
+            f'{spec.input.id_column} (on_duplicate_id = "{kept}" keeps the {kept} of each)'
+        )
     if not spec.policy.cache:
         plan.warnings.append(
             "cache = false: each run asks every request afresh (ids salted with the run's "

@@ -174,7 +174,9 @@ def validate(configs: tuple[Path, ...], as_json: bool) -> None:
         return
     for report in reports:
         click.echo(f"{report['config']}: job {report['job']!r} is valid — {report['rows']} rows, "
-                   f"{report['ok']} become requests, {report['rejected']} rejected")
+                   f"{report['ok']} become requests, {report['rejected']} rejected"
+                   + (f", {report['duplicate_rows']} left out as duplicate ids"
+                      if report.get("duplicate_rows") else ""))
         for rejection in report["first_rejections"]:
             click.echo(f"  rejected row {rejection['row_key']} (line {rejection['line']}): "
                        f"{rejection['reason']}")

@@ -122,7 +122,9 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
     t = summary.totals
     console.print(f"job {summary.job!r} (run {summary.run_id}) on {summary.model} via {summary.backend}")
     console.print(f"  rows: {summary.rows.get('ok', 0) + summary.rows.get('rejected', 0):,} "
-                  f"({summary.rows.get('ok', 0):,} ok, {summary.rows.get('rejected', 0):,} rejected) → "
+                  f"({summary.rows.get('ok', 0):,} ok, {summary.rows.get('rejected', 0):,} rejected"
+                  + (f", {c['duplicate_rows']:,} left out as duplicate ids"
+                     if c.get("duplicate_rows") else "") + ") → "
                   f"{c['unique_requests']:,} unique requests ({c['already_answered']:,} answered before)")
     console.print(f"  requests: {r.get('succeeded', 0):,} succeeded, {r.get('failed', 0):,} failed, "
                   f"{r.get('retryable', 0):,} left by their batches, "

@@ -66,8 +66,10 @@ def test_four_workers_on_one_batch_job_create_one_batch_per_shard(
     seen = journal(server.url)
     assert seen.batches_created == shards
     per_shard, per_request = batch_lines(server.url)
-    assert len(per_shard) == shards and set(per_shard.values()) == {1}
-    assert len(per_request) == rows and set(per_request.values()) == {1}
+    assert len(per_shard) == shards
+    assert set(per_shard.values()) == {1}
+    assert len(per_request) == rows
+    assert set(per_request.values()) == {1}
     assert seen.uploads == shards
     figures = ledger_figures(ledger_url, "fourb")
     assert figures["requests"]["succeeded"] == rows
@@ -111,7 +113,8 @@ def test_two_jobs_sharing_requests_send_each_once_and_finish_only_when_settled(
     summary_a, summary_b = wait_all(procs, logs)
 
     _, per_request = batch_lines(server.url)
-    assert len(per_request) == 200 and set(per_request.values()) == {1}
+    assert len(per_request) == 200
+    assert set(per_request.values()) == {1}
     for summary, name in ((summary_a, "joba"), (summary_b, "jobb")):
         assert summary["finished"] is True
         assert summary["requests"]["succeeded"] == 160, summary["requests"]
@@ -133,8 +136,10 @@ def test_a_worker_killed_mid_submit_is_finished_by_the_others(
 
     shards = rows // shard_lines
     per_shard, per_request = batch_lines(server.url)
-    assert len(per_shard) == shards and set(per_shard.values()) == {1}
-    assert len(per_request) == rows and set(per_request.values()) == {1}
+    assert len(per_shard) == shards
+    assert set(per_shard.values()) == {1}
+    assert len(per_request) == rows
+    assert set(per_request.values()) == {1}
     assert ledger_figures(ledger_url, "killsub")["requests"]["succeeded"] == rows
 
 
@@ -183,8 +188,10 @@ def test_overlapping_no_wait_invocations_like_cron(
         round_ += 1
     assert finished
     per_shard, per_request = batch_lines(server.url)
-    assert len(per_shard) == rows // shard_lines and set(per_shard.values()) == {1}
-    assert len(per_request) == rows and set(per_request.values()) == {1}
+    assert len(per_shard) == rows // shard_lines
+    assert set(per_shard.values()) == {1}
+    assert len(per_request) == rows
+    assert set(per_request.values()) == {1}
     status = run_cli("status", "--json", str(config), "--ledger", ledger_url)
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)

@@ -37,7 +37,8 @@ NOT_ANSWERS: list[tuple[str, Any, str]] = [
 @pytest.mark.parametrize(("name", "body", "reason"), NOT_ANSWERS, ids=[n for n, _, _ in NOT_ANSWERS])
 def test_what_is_not_an_answer_says_why(name: str, body: Any, reason: str) -> None:
     _, problem = judge_answer(body)
-    assert problem is not None and problem.startswith(NOT_AN_ANSWER)
+    assert problem is not None
+    assert problem.startswith(NOT_AN_ANSWER)
     assert reason in problem
 
 
@@ -56,7 +57,8 @@ def test_a_200_line_that_is_not_an_answer_is_retryable_never_succeeded(
     result = _parse_line(response_line(200, body), BATCH, PRICE)
     assert isinstance(result, ResultRecord)
     assert result.outcome is RequestStatus.RETRYABLE
-    assert result.error is not None and reason in result.error
+    assert result.error is not None
+    assert reason in result.error
 
 
 def test_a_body_sent_as_a_string_is_parsed_and_kept_as_the_completion() -> None:
