@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jobs.inputs import find_duplicate_ids, iter_job_rows
+from jobs.plan import refuse_unpriced_budget
 from jobs.requests import RequestBuilder, row_key_for, unkeyed_row_key
 from jobs.spec import JobSpec
 from jobs.template import RowRejected
@@ -54,6 +55,8 @@ def check_job(spec: JobSpec, *, config_path: str = "", keep_rejections: int = 5,
     """
     if model is None and spec.model is None:
         model = PLACEHOLDER_ADAPTER_MODEL
+    if model != PLACEHOLDER_ADAPTER_MODEL:
+        refuse_unpriced_budget(spec, model or spec.model or "", config_path=config_path or None)
     builder = RequestBuilder(spec, model=model)
     duplicates = find_duplicate_ids(spec.input, spec.input_path)
     report = CheckReport(config=config_path, job=spec.name, duplicate_rows=duplicates.left_out)

@@ -36,7 +36,16 @@ from jobs.spec import JobSpec
 from pipeline.errors import ConfigError
 from state import Ledger
 
-__all__ = ["DEFAULT_PRICES", "PlanReport", "Price", "load_prices", "plan_job", "price_for"]
+__all__ = [
+    "DEFAULT_PRICES",
+    "PlanReport",
+    "Price",
+    "load_prices",
+    "plan_job",
+    "price_for",
+    "refuse_unpriced_budget",
+    "unpriced",
+]
 
 DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "configs" / "prices.toml"
 _ANSWER_CHUNK = 5_000
@@ -61,8 +70,19 @@ class Price:
         return usd * self.flex_factor if tier == "flex" else usd
 
 
+PRICES_ENV = "GROQBATCH_PRICES"
+"""Names a price table of your own (negotiated prices, new models) over the shipped one."""
+
+
+def prices_path() -> Path:
+    """Where the price table is read from: ``$GROQBATCH_PRICES``, else the shipped one."""
+    return Path(os.environ.get(PRICES_ENV) or DEFAULT_PRICES)
+
+
 def load_prices(path: str | os.PathLike[str] | None = None) -> dict[str, Price]:
     """The price table: ``[models."<id>"] input = … output = …`` (USD per 1M tokens)."""
+    if path is None and os.environ.get(PRICES_ENV):
+        path = os.environ[PRICES_ENV]
     file = Path(path) if path is not None else DEFAULT_PRICES
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -139,6 +159,8 @@ def plan_job(
     ):
         scratch.record_job(spec.name, spec_hash(spec), spec_json(spec))
         tally = record_rows_and_requests(spec, scratch, builder, previous=ledger_for_answers)
+        if ledger_for_answers is None:  # never run: every row is new
+            tally.new_rows = tally.rows
         report = CompileReport(
             job=spec.name,
             model=builder.model,
@@ -206,12 +228,31 @@ def _size_shards(
     report.shards = [ShardSummary(None, None, None, lines, size) for lines, size in sizer.closed]
 
 
+def unpriced(model: str) -> str:
+    """What plan, run and status say of a model the price table does not have."""
+    return (f"cost unknown: no price for model {model!r} in {prices_path()} — its tokens are "
+            "counted but priced at nothing; add the model there to see (and budget) its cost")
+
+
+def refuse_unpriced_budget(spec: JobSpec, model: str, prices: dict[str, Price] | None = None,
+                           *, config_path: str | os.PathLike[str] | None = None) -> None:
+    """A dollar budget on a model with no price could never trip: refuse it (exit 2)."""
+    if spec.policy.budget.max_dollars is None:
+        return
+    if price_for(model, load_prices() if prices is None else prices) is None:
+        raise ConfigError(
+            f"max_dollars = {spec.policy.budget.max_dollars} cannot be kept: {unpriced(model)}",
+            path=None if config_path is None else Path(config_path),
+            field="policy.budget.max_dollars",
+        )
+
+
 def _price(spec: JobSpec, report: CompileReport, prices: dict[str, Price]) -> PlanReport:
     plan = PlanReport(compile=report)
     price = price_for(report.model, prices)
     prompt, completion = report.est_prompt_tokens, report.est_completion_tokens
     if price is None:
-        plan.warnings.append(f"no price for model {report.model!r} in the price table")
+        plan.warnings.append(unpriced(report.model))
     else:
         plan.price_known = True
         plan.input_usd_per_m = price.input_per_m

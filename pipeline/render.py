@@ -138,9 +138,11 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
         seen = ", ".join(f"{n} x {code}" for code, n in sorted(flex["status_counts"].items())) or "none"
         console.print(f"  fallback ({flex['tier']}): {flex['sent']:,} calls, {flex['succeeded']:,} succeeded, "
                       f"{flex['failed']:,} failed, {flex['requeued']:,} retried; errors seen: {seen}; "
-                      f"{flex['pace_rps']:.1f} req/s; cost ${flex['cost_usd']:.6f}")
+                      f"{flex['pace_rps']:.1f} req/s; "
+                      + (f"cost ${flex['cost_usd']:.6f}" if summary.cost_known else "cost unknown"))
     console.print(f"  tokens: {int(t['prompt_tokens']):,} prompt + {int(t['completion_tokens']):,} completion; "
-                  f"cost ${t['cost_usd']:.6f}")
+                  + (f"cost ${t['cost_usd']:.6f}" if summary.cost_known
+                     else f"cost unknown (no price for {summary.model})"))
     console.print(f"  results: in the ledger {summary.ledger}")
     console.print(f"  export them joined to the input rows: groqbatch export {config} → {summary.output}")
     evaluation = summary.evaluation
@@ -161,8 +163,10 @@ def print_status(status: dict[str, Any]) -> None:
     requests = ", ".join(f"{n:,} {k}" for k, n in status["requests"].items() if n) or "none"
     console.print(f"requests: {requests}")
     totals = status["totals"]
+    cost = (f"cost ${totals['cost_usd']:.6f}" if status.get("cost_known", True)
+            else f"cost unknown — {status['cost_note']}")
     console.print(f"tokens: {int(totals['prompt_tokens']):,} prompt + {int(totals['completion_tokens']):,} "
-                  f"completion; cost ${totals['cost_usd']:.6f}")
+                  f"completion; {cost}")
     if status.get("kept_answers"):
         console.print(f"refreshing: {status['kept_answers']:,} requests asked again keep their "
                       "earlier answer until a new one arrives")

@@ -22,6 +22,7 @@ import anyio
 from jobs import CompileReport, JobSpec, compile_job, load_prices, price_for, spec_hash, spec_json
 from jobs.compile import shard_pending
 from jobs.outputs import OutputValidator
+from jobs.plan import refuse_unpriced_budget, unpriced
 from state import Ledger, RequestStatus, ShardStep
 
 from .backend import describe_backend, open_client
@@ -97,6 +98,8 @@ class RunSummary:
     """``[evaluate]`` jobs: the scores recorded when this invocation finished the run."""
     worker: str | None = None
     """This worker's id (``host:pid`` unless ``--worker-id`` named it)."""
+    cost_known: bool = True
+    """False when the model has no price in ``configs/prices.toml``: ``cost_usd`` counts nothing."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +129,7 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
     with Ledger.open(spec.ledger_target) as ledger:
         # An unknown or deleted adapter fails here, before anything is recorded or spent.
         model = resolve_model(spec, ledger, config=config_path)
+        refuse_unpriced_budget(spec, model, config_path=config_path)  # before anything is spent
         ledger.record_job(spec.name, spec_hash(spec), spec_json(spec))
         run_id = ledger.start_run(spec.name, spec.backend, run_name)
         register(ledger, worker, spec.name, run_id)
@@ -318,6 +322,7 @@ class _Run:
             deadline=deadline.isoformat() if deadline is not None else None,
             budget_exhausted=flexed.budget_exhausted,
             worker=worker.id,
+            cost_known=price is not None,
         )
         self._notes(summary, swept, flexed, in_flight, open_requests)
         if spec.evaluate is not None and summary.finished and is_settled(requests):
@@ -331,6 +336,8 @@ class _Run:
                open_requests: int) -> None:
         spec = self.spec
         notes = summary.notes
+        if not summary.cost_known:
+            notes.append(unpriced(self.model))
         notes.extend(sorted(self.skipped))
         if swept:
             notes.append(f"deleted {swept} stray uploads of this job's shards left by an interrupted run")

@@ -7,7 +7,8 @@ from typing import Any
 
 import orjson
 
-from jobs import JobSpec
+from jobs import JobSpec, load_prices, price_for
+from jobs.plan import unpriced
 from state import Ledger
 
 from .errors import ConfigError
@@ -37,9 +38,13 @@ def _status(ledger: Ledger, spec: JobSpec, runs: int) -> dict[str, Any]:
                                       "error_file_id")}
         for shard in ledger.shards(spec.name)
     ]
+    model = spec.model or ledger.adapter_model(spec.adapter or "") or f"adapter {spec.adapter}"
+    cost_known = price_for(model, load_prices()) is not None
     return {
         "job": spec.name,
         "ledger": ledger.url,
+        "cost_known": cost_known,
+        "cost_note": None if cost_known else unpriced(model),
         "rows": ledger.row_counts(spec.name),
         "requests": ledger.request_counts(spec.name),
         "totals": ledger.request_totals(spec.name),
