@@ -94,6 +94,12 @@ class InputSpec(_Table):
     ``groqbatch[parquet]`` extra (pyarrow)."""
     id_column: str | None = None
     """The column that identifies a row. Without it a row's key is a hash of its content."""
+    on_duplicate_id: Literal["error", "first", "last"] = "error"
+    """What two rows with the same ``id_column`` value mean. ``error`` (the default): the input
+    is wrong, and ``validate``, ``plan`` and ``run`` stop naming both lines. ``first`` /
+    ``last``: the first / last such row is the one used (compiled, exported); the others are
+    left out and counted as ``duplicate_rows``. Without an ``id_column``, identical rows are
+    one row and this does nothing."""
     limit: int | None = Field(default=None, ge=1)
     """Use only the first N rows (after ``where``): for trial runs."""
     where: dict[str, Scalar | list[Scalar]] = {}
@@ -167,6 +173,12 @@ class JobSpec(_Table):
     """``groq`` for the real API, ``local`` for the built-in Groq-compatible server."""
     base_url: str | None = None
     """The API's base URL. Default: ``$GROQ_BASE_URL``, else ``https://api.groq.com``."""
+    give_up_after_s: float = Field(300.0, gt=0)
+    """How long one endpoint of the server (``POST /files``, ``GET /batches/{id}``, …) may go
+    unanswered — no HTTP answer at all, or only 5xx pages that are not JSON — before the run
+    stops with exit 1, naming the server and what it answered. Any other answer (a success, a
+    4xx, a 429, a JSON 5xx) restarts the clock. Nothing recorded is lost: run again when the
+    server is back."""
     ledger: str | None = None
     """The ledger: a path relative to the config's folder, or a SQLAlchemy URL.
     Default ``.groqbatch/<name>.sqlite``."""

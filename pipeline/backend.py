@@ -10,6 +10,9 @@ The three cases, by ``backend`` and ``base_url`` (else ``$GROQ_BASE_URL``):
   else the local server's default key.
 - ``local`` without one: the bundled server in this process (no port), its state kept in the
   job's ``[local].data_dir`` so the next run finds the same files and batches.
+
+Every client gives up on an endpoint left unanswered for the job's ``give_up_after_s``
+(:class:`~pipeline.client.ServerHealth`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def describe_backend(spec: JobSpec) -> str:
 @asynccontextmanager
 async def open_client(spec: JobSpec, *, retry: RetryPolicy | None = None) -> AsyncIterator[GroqClient]:
     if spec.backend == "groq":
-        async with GroqClient.from_env(spec.effective_base_url(), retry=retry) as client:
+        async with GroqClient.from_env(spec.effective_base_url(), retry=retry,
+                                       give_up_after_s=spec.give_up_after_s) as client:
             yield client
         return
     from .emulator.config import DEFAULT_API_KEY
@@ -48,7 +52,8 @@ async def open_client(spec: JobSpec, *, retry: RetryPolicy | None = None) -> Asy
     url = spec.base_url or os.environ.get("GROQ_BASE_URL")
     api_key = os.environ.get("GROQ_API_KEY") or DEFAULT_API_KEY
     if url:
-        async with GroqClient(url, api_key, retry=retry) as client:
+        async with GroqClient(url, api_key, retry=retry,
+                              give_up_after_s=spec.give_up_after_s) as client:
             yield client
         return
     async with _in_process_client(spec, retry) as client:
@@ -78,7 +83,8 @@ async def _in_process_client(spec: JobSpec, retry: RetryPolicy | None) -> AsyncI
         # raise_app_exceptions=False: a fault that drops the connection reaches us as a
         # broken answer (as over a socket), not as the server's own exception.
         transport = httpx.ASGITransport(app=create_app(emulator=emulator), raise_app_exceptions=False)
-        async with GroqClient(IN_PROCESS_URL, DEFAULT_API_KEY, transport=transport, retry=retry) as client:
+        async with GroqClient(IN_PROCESS_URL, DEFAULT_API_KEY, transport=transport, retry=retry,
+                              give_up_after_s=spec.give_up_after_s) as client:
             yield client
     finally:
         emulator.close()

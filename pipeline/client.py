@@ -4,6 +4,10 @@ Stages never touch httpx: they call :class:`GroqClient`. Foreign errors are tran
 once — an HTTP status or an httpx exception becomes a class of :mod:`pipeline.errors` — and
 retries are configured here, once, as a :class:`~pipeline.retry.RetryPolicy` value.
 
+The same seam watches whether the server is there at all (:class:`ServerHealth`): an endpoint
+that has had no answer for ``give_up_after_s`` raises :class:`ServerUnavailableError`, which no
+retry and no stage catches, so a dead server stops a run instead of being tried forever.
+
     async with GroqClient.from_env() as client:
         batch = await client.get_batch("batch_01…")
 
@@ -17,7 +21,7 @@ import email.utils
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ from .errors import (
     PermanentAPIError,
     RateLimitedError,
     RetryableAPIError,
+    ServerUnavailableError,
     TransportError,
     redact_json,
 )
@@ -43,6 +48,8 @@ OPENAI_PREFIX = "/openai/v1"
 SETTLED_STATUSES = frozenset({"completed", "expired", "failed", "cancelled"})
 MAX_IDS_PER_LIST = 200
 """Groq's limit on the repeated ``id`` filter of ``GET /batches``."""
+GIVE_UP_AFTER_S = 300.0
+"""How long an endpoint may go unanswered before the client gives up (see :class:`ServerHealth`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +206,95 @@ def error_for_response(response: httpx.Response, *, what: str) -> APIError:
     return PermanentAPIError(text, **kw)
 
 
+_COLLECTIONS = frozenset({"files", "batches", "fine_tunings", "models"})
+
+
+def endpoint_of(method: str, path: str) -> str:
+    """The call's template, ids replaced, without the API root's ``/openai/v1``:
+    ``GET /openai/v1/batches/batch_01…`` → ``GET /batches/{id}``.
+
+    >>> endpoint_of("GET", "/openai/v1/files/file_01abc/content")
+    'GET /files/{id}/content'
+    """
+    parts = _api_path(path).split("/")
+    for i in range(1, len(parts)):
+        if parts[i - 1] in _COLLECTIONS and parts[i]:
+            parts[i] = "{id}"
+    return f"{method} {'/'.join(parts)}"
+
+
+def _api_path(path: str) -> str:
+    return path[len(OPENAI_PREFIX):] if path.startswith(OPENAI_PREFIX + "/") else path
+
+
+class ServerHealth:
+    """Whether each endpoint of one server is answering, and when to give up on it.
+
+    A call *goes unanswered* when it gets no HTTP answer (connect error, timeout, dropped
+    connection, a download cut short) or a 5xx whose body is not JSON — a proxy's or load
+    balancer's error page, not the API. Any other answer — a success, a 4xx, a 429, a JSON
+    5xx — shows the server is there and restarts that endpoint's clock. Once an endpoint has
+    gone unanswered for ``give_up_after_s`` since its first unanswered call (with no answer in
+    between), its next unanswered call raises :class:`ServerUnavailableError` instead of the
+    retryable error. Endpoints are told apart by method and path template
+    (:func:`endpoint_of`), so a server that fails only downloads is judged on downloads.
+
+    >>> clock = iter([0.0, 301.0]).__next__
+    >>> health = ServerHealth("http://127.0.0.1:9", 300.0, clock=clock)
+    >>> health.unanswered("POST", "/openai/v1/files", "ConnectError: refused")
+    >>> health.unanswered("POST", "/openai/v1/files", "ConnectError: refused")  # doctest: +ELLIPSIS
+    ServerUnavailableError('the server at http://127.0.0.1:9/openai/v1 has not answered for 301s ...')
+    """
+
+    def __init__(self, base_url: str, give_up_after_s: float = GIVE_UP_AFTER_S, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.base_url = base_url.rstrip("/")
+        """The host root the client calls (``http://127.0.0.1:9``); messages name the API root
+        (``…/openai/v1``) for the calls under it."""
+        self.give_up_after_s = give_up_after_s
+        self._clock = clock
+        self._unanswered_since: dict[str, float] = {}
+        """endpoint → when its current run of unanswered calls began."""
+
+    def answered(self, method: str, path: str) -> None:
+        if self._unanswered_since:  # the usual case, every call: nothing to look up
+            self._unanswered_since.pop(endpoint_of(method, path), None)
+
+    def unanswered(self, method: str, path: str, what: str) -> ServerUnavailableError | None:
+        """Note an unanswered call (``what`` it got); the error to raise instead of the
+        retryable one once the endpoint is past its time, else None."""
+        endpoint = endpoint_of(method, path)
+        now = self._clock()
+        since = self._unanswered_since.setdefault(endpoint, now)
+        if now - since < self.give_up_after_s:
+            return None
+        api = path.startswith(OPENAI_PREFIX + "/")
+        return ServerUnavailableError(base_url=self.base_url + (OPENAI_PREFIX if api else ""),
+                                      endpoint=endpoint, call=f"{method} {_api_path(path)}",
+                                      last_answer=what, down_for_s=now - since)
+
+
+def _is_json(response: httpx.Response) -> bool:
+    try:
+        orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _failure(exc: Exception) -> str:
+    """A transport failure, named for a person: ``ConnectError: [Errno 111] Connection refused``."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _page(response: httpx.Response) -> str:
+    """A non-JSON error answer, named for a person: ``HTTP 502 Bad Gateway (text/html, 157 bytes,
+    not JSON)``."""
+    kind = response.headers.get("content-type", "no content type").split(";")[0].strip()
+    return (f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+            + f" ({kind}, {len(response.content)} bytes, not JSON)")
+
+
 def _decode(response: httpx.Response) -> Any:
     """The JSON of a 2xx answer. A body that is not JSON (cut short, garbled) is a transport
     fault: the same call may well succeed again."""
@@ -214,12 +310,15 @@ class GroqClient:
 
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
                  timeout_s: float = 60.0, retry: RetryPolicy | None = None,
-                 max_connections: int = 32) -> None:
+                 max_connections: int = 32, give_up_after_s: float = GIVE_UP_AFTER_S) -> None:
+        """``give_up_after_s``: how long an endpoint may go unanswered (no HTTP answer, or
+        only non-JSON 5xx pages) before calls to it raise :class:`ServerUnavailableError`."""
         root = base_url.rstrip("/")
         if root.endswith(OPENAI_PREFIX):  # an openai-SDK style base URL: keep the host root
             root = root[: -len(OPENAI_PREFIX)]
         self.base_url = root
         self.retry = retry or RetryPolicy()
+        self.health = ServerHealth(root, give_up_after_s)
         self._http = httpx.AsyncClient(
             base_url=root,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "groqbatch"},
@@ -255,12 +354,28 @@ class GroqClient:
         try:
             response = await self._http.request(method, path, **kw)
         except httpx.TimeoutException as exc:
+            self._unanswered(method, path, f"{type(exc).__name__}: timed out", exc)
             raise TransportError(f"{what}: timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
+            self._unanswered(method, path, _failure(exc), exc)
             raise TransportError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        self._judge(method, path, response)
         if response.status_code >= 400:
             raise error_for_response(response, what=what)
         return response
+
+    def _judge(self, method: str, path: str, response: httpx.Response) -> None:
+        """Tell :attr:`health` what an endpoint answered (a non-JSON 5xx is no answer)."""
+        if response.status_code >= 500 and not _is_json(response):
+            self._unanswered(method, path, _page(response), None)
+        else:
+            self.health.answered(method, path)
+
+    def _unanswered(self, method: str, path: str, what: str, cause: BaseException | None) -> None:
+        """Raise :class:`ServerUnavailableError` if the endpoint is past its time; else return,
+        and the caller raises its retryable error."""
+        if (gone := self.health.unanswered(method, path, what)) is not None:
+            raise gone from cause
 
     async def _json(self, method: str, path: str, *, retry: RetryPolicy | None = None, **kw: Any) -> Any:
         async for attempt in (retry or self.retry).retrying():
@@ -314,6 +429,7 @@ class GroqClient:
             async with self._http.stream("GET", path) as response:
                 if response.status_code >= 400:
                     await response.aread()
+                    self._judge("GET", path, response)
                     raise error_for_response(response, what=f"GET {path}")
                 # content-length counts encoded bytes; compare it only when nothing is encoded.
                 encoded = response.headers.get("content-encoding", "identity") != "identity"
@@ -323,10 +439,14 @@ class GroqClient:
                         out.write(chunk)
                         written += len(chunk)
         except (httpx.TransportError, httpx.TimeoutException) as exc:
+            self._unanswered("GET", path, f"{_failure(exc)} after {written} bytes", exc)
             raise TransportError(f"GET {path}: download broke off after {written} bytes: {exc}") from exc
         for expected in (int(declared) if declared else None, expected_bytes):
             if expected is not None and written != expected:
+                self._unanswered("GET", path, f"download cut short at {written} of {expected} bytes",
+                                 None)
                 raise TransportError(f"GET {path}: download truncated: {written} of {expected} bytes")
+        self.health.answered("GET", path)
         return written
 
     # -- batches ----------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
     ├── LedgerError              the ledger cannot be used as it is                (exit 3)
     │   └── SchemaVersionError   written by another groqbatch version; not misread
     ├── APIError                 the Groq API (or the local server) said no
+    │   ├── ServerUnavailableError  no answer on an endpoint for ``give_up_after_s``:
+    │   │                           stop the run, resume later                    (exit 1)
     │   ├── RetryableAPIError    try the same call again later: 408, 409, 429, 498, 5xx, transport
     │   │   ├── RateLimitedError       429, carries ``retry_after_s``
     │   │   ├── CapacityExceededError  498, flex tier at capacity
@@ -40,8 +42,10 @@ __all__ = [
     "RateLimitedError",
     "RetryableAPIError",
     "SchemaVersionError",
+    "ServerUnavailableError",
     "TransportError",
     "exit_code_for",
+    "os_error_reason",
     "redact",
     "redact_json",
 ]
@@ -161,6 +165,35 @@ class APIError(GroqBatchError):
         super().__init__(f"{prefix}{message}{about}")
 
 
+class ServerUnavailableError(APIError):
+    """An endpoint has had no answer for longer than the job's ``give_up_after_s``: every call
+    to it got no HTTP answer (connect error, timeout, dropped connection, cut-short download)
+    or a 5xx page that is not JSON (a proxy's or load balancer's HTML). Trying on is pointless,
+    so it is deliberately *not* a :class:`RetryableAPIError`: the stages, which catch that to
+    "try again next round", let it through, and the run stops with one message. Nothing
+    recorded is lost; the next run resumes.
+
+    ``base_url`` is the API root the client calls, ``endpoint`` the call template
+    (``GET /batches/{id}``), ``down_for_s`` how long it has gone unanswered, ``last_answer``
+    what the last call got.
+    """
+
+    def __init__(self, *, base_url: str, endpoint: str, call: str, last_answer: str,
+                 down_for_s: float) -> None:
+        self.base_url = base_url
+        self.endpoint = endpoint
+        self.last_answer = last_answer
+        self.down_for_s = down_for_s
+        super().__init__(
+            f"the server at {base_url} has not answered for {_seconds(down_for_s)} "
+            f"({call}: {last_answer}); nothing recorded is lost — run again when it is back"
+        )
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"
+
+
 class RetryableAPIError(APIError):
     """Worth trying again later (408, 409, 429, 498, 5xx, transport failures)."""
 
@@ -193,6 +226,25 @@ class BudgetExhaustedError(GroqBatchError):
     """The job's budget (requests, tokens or dollars) is spent; the rest stays retryable."""
 
     exit_code = 4
+
+
+def os_error_reason(exc: OSError, path: str | Path) -> str:
+    """Why ``path`` could not be created or written, for a message: a file standing where a
+    folder must be, else the system's reason (``permission denied``).
+
+    >>> os_error_reason(PermissionError(13, "Permission denied"), "/ro/out.jsonl")
+    'permission denied'
+    """
+    for folder in Path(path).parents:  # nearest first: the first one that exists decides
+        if folder.exists():
+            if not folder.is_dir():
+                return f"{folder} is a file, not a folder"
+            break
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    reason = reason[:1].lower() + reason[1:]
+    if exc.filename is not None and Path(exc.filename) in Path(path).parents:
+        reason = f"{reason} ({exc.filename})"  # which folder could not be made
+    return reason
 
 
 def exit_code_for(exc: BaseException) -> int:

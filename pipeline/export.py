@@ -48,6 +48,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,7 +64,7 @@ from state import Ledger
 from state.engine import chunked
 from state.exports import ExportRecord, RowOutcome
 
-from .errors import ConfigError
+from .errors import ConfigError, os_error_reason
 from .planning import existing_ledger
 
 __all__ = ["CHUNK_ROWS", "FIXED_COLUMNS", "ExportReport", "export_config", "export_job"]
@@ -410,6 +411,17 @@ def _destination(spec: JobSpec, path: str | Path | None, fmt: str | None) -> tup
     return target, fmt or spec.output_format
 
 
+@contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """Make the folder, temp file, writes or rename of the export fail as a :class:`ConfigError`
+    naming ``target`` (an unwritable or misnamed place is the config's or the ``-o``'s)."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"cannot write the export to {target}: {os_error_reason(exc, target)}",
+                          field="output.path") from exc
+
+
 def _utc(stamp: float) -> str:
     return datetime.fromtimestamp(stamp, tz=UTC).isoformat(timespec="milliseconds")
 
@@ -420,7 +432,8 @@ def export_job(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False,
     """Write ``spec``'s results joined to its input rows (see the module docstring).
 
     ``path`` and ``format`` override ``[output]``. Raises :class:`ConfigError` for an unknown
-    format, Parquet without pyarrow, or an input that cannot be read; nothing is left behind.
+    format, Parquet without pyarrow, an input that cannot be read, or a place that cannot be
+    written (field ``output.path``, naming it); nothing is left behind.
     """
     started = time.monotonic()
     target, fmt = _destination(spec, path, format)
@@ -442,20 +455,26 @@ def export_job(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False,
                      {n: _field_kind(s) for n, s in validator.field_schemas.items()} if validator else {})
     if fmt != "jsonl":
         layout.inputs = _survey(spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f"{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    with _writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        file = temporary.open("wb")
     try:
-        with temporary.open("wb") as file:
-            writer = _open_writer(fmt, file, layout)
+        with file:
+            with _writing(target):
+                writer = _open_writer(fmt, file, layout)
             for records in _joined_chunks(spec, ledger, layout, validator, report,
                                           only_succeeded=only_succeeded, since=since):
                 if records:
-                    writer.write(records)
+                    with _writing(target):  # not around the reads: their errors are their own
+                        writer.write(records)
                 report.rows += len(records)
-            writer.close()
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
+            with _writing(target):
+                writer.close()
+                file.flush()
+                os.fsync(file.fileno())
+        with _writing(target):
+            os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

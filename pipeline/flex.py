@@ -73,6 +73,8 @@ from .errors import (
     PermanentAPIError,
     RateLimitedError,
     RetryableAPIError,
+    ServerUnavailableError,
+    TransportError,
 )
 from .reconcile import MISSING
 from .retry import NO_RETRY, RetryPolicy
@@ -85,6 +87,11 @@ CLAIM_GROUP = 64
 busy machine: one per call would take a third of the loop at a few hundred calls a second)."""
 RECORD_EVERY = 256
 """Most outcomes written in one transaction."""
+FREE_TRANSPORT_FAILURES = 8
+"""Calls of one request that got no answer at all (connect error, timeout, dropped connection)
+and do not count against ``max_attempts``: a dead server stops the run through the client's
+``give_up_after_s`` instead of failing every request in seconds; past this many, a request whose
+calls always break off does count them."""
 RECORD_WAIT_S = 0.05
 """How long the recorder lets outcomes gather before writing them (bounds commits to ~20/s)."""
 FLEX_PREFIX = "flex: "
@@ -323,12 +330,16 @@ class _Stage:
         self.due: dict[str, float] = {}
         """custom_id → monotonic time before which a requeued request is not sent again."""
         self.rate_limited: dict[str, int] = {}
-        """custom_id → 429s it got in this stage: attempts that do not count against the limit."""
+        """custom_id → 429s (and free transport failures) it got in this stage: attempts that do
+        not count against the limit."""
+        self.unanswered: dict[str, int] = {}
+        """custom_id → calls of this stage that got no answer at all (transport failures)."""
         self.in_flight = 0
         """Calls moved to in_flight whose outcome is not yet recorded in the ledger."""
-        self.refused: AuthenticationError | None = None
-        """A 401/403: the key is wrong or not allowed. Not the request's fault — nothing more is
-        sent, what was claimed goes back to retryable, and the stage raises it at the end."""
+        self.refused: AuthenticationError | ServerUnavailableError | None = None
+        """A 401/403 (the key is wrong or not allowed), or a server that stopped answering. Not
+        the request's fault — nothing more is sent, what was claimed goes back to retryable, and
+        the stage raises it at the end."""
 
     async def run(self) -> None:
         send_calls, receive_calls = anyio.create_memory_object_stream[_Call](self.concurrency)
@@ -467,9 +478,10 @@ class _Stage:
     async def _attempt(self, call: _Call) -> _Outcome:
         try:
             reply = await self.client.chat(call.body, service_tier=self.tier, retry=NO_RETRY)
-        except AuthenticationError as exc:
-            # The key, not the request: failing every request for good would leave nothing to
-            # retry once the key is fixed. Back to retryable, and the stage stops.
+        except (AuthenticationError, ServerUnavailableError) as exc:
+            # The key, or a server gone for good — not the request: failing every request for
+            # good would leave nothing to retry once it is fixed. Back to retryable, and the
+            # stage stops.
             self.refused = self.refused or exc
             return _Outcome(call, error=exc)
         except PermanentAPIError as exc:
@@ -579,7 +591,14 @@ class _Stage:
         report.requeued += 1
         key = str(error.status_code) if error.status_code is not None else "transport"
         report.status_counts[key] = report.status_counts.get(key, 0) + 1
-        if isinstance(error, RateLimitedError):
+        if isinstance(error, RateLimitedError) or (
+            isinstance(error, TransportError)
+            and self.unanswered.get(call.custom_id, 0) < FREE_TRANSPORT_FAILURES
+        ):
+            # The server's pace, or no answer at all (a server down is the client's
+            # give-up clock's business, not this request's): not a failed try.
+            if isinstance(error, TransportError):
+                self.unanswered[call.custom_id] = self.unanswered.get(call.custom_id, 0) + 1
             self.rate_limited[call.custom_id] = self.rate_limited.get(call.custom_id, 0) + 1
         self.due[call.custom_id] = time.monotonic() + self._backoff_s(call.attempts, error)
         self._refund(call)  # a refused call costs nothing

@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from pipeline.errors import LedgerError
+from pipeline.errors import LedgerError, os_error_reason
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -244,7 +244,7 @@ def _open_engine(target: str | os.PathLike[str]) -> tuple[Engine, str]:
     if backend == "sqlite":
         database = url.database or ":memory:"
         if database != ":memory:" and not database.startswith("file:"):
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            _prepare_sqlite_file(Path(database))
         engine = create_engine(url)
         _configure_sqlite(engine)
         return engine, display_url(url)
@@ -262,6 +262,27 @@ def _open_engine(target: str | os.PathLike[str]) -> tuple[Engine, str]:
         "groqbatch keeps its ledger in SQLite (a path or sqlite:///…) or PostgreSQL "
         "(postgresql+psycopg://…)."
     )
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Make the ledger file's folder, and check that SQLite can create the file there.
+
+    SQLite opens a file lazily, at the first transaction, and then only says "unable to open
+    database file"; so the usual causes are looked for here, up front, and named with the path:
+    a file standing where a folder must be, a folder that is not writable, a folder where the
+    file should be.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LedgerError(f"cannot create the ledger at {path}: {os_error_reason(exc, path)}") from exc
+    if path.is_dir():
+        raise LedgerError(f"cannot open the ledger at {path}: it is a folder, not a file")
+    # The file and (in WAL mode) its -wal and -shm companions are created beside it.
+    if not path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise LedgerError(
+            f"cannot create the ledger at {path}: permission denied ({path.parent} is not writable)"
+        )
 
 
 def display_url(url: URL) -> str:

@@ -69,7 +69,7 @@ async def test_lost_upload_answer_adopts_the_file(emulator: Emulator, tmp_path) 
             client,
             lambda: client.upload_file(path, filename=upload_filename(shard["key"]),
                                        retry=RetryPolicy(max_attempts=1)),
-            lambda: _adopt_file(client, shard),
+            lambda: _adopt_file(client, shard, set()),
         )
     assert adopted is True
     assert [f.id for f in emulator.files.all()] == [remote.id], "no second upload"
