@@ -227,6 +227,32 @@ def _api_path(path: str) -> str:
     return path[len(OPENAI_PREFIX):] if path.startswith(OPENAI_PREFIX + "/") else path
 
 
+def split_base_url(base_url: str) -> tuple[str, str, str]:
+    """(origin, API root path, Groq root path) of a base URL, read as the official SDKs read it.
+
+    No path means Groq's layout: the OpenAI-compatible API under ``/openai/v1``, fine-tunings
+    under ``/v1``. A path is the API root itself (the openai SDK's ``…/v1``, ``…/openai/v1``, a
+    gateway's ``…/groq/openai/v1``); Groq's own endpoints sit beside it.
+
+    >>> split_base_url("https://api.groq.com")
+    ('https://api.groq.com', '/openai/v1', '')
+    >>> split_base_url("http://127.0.0.1:8000/v1")
+    ('http://127.0.0.1:8000', '/v1', '')
+    >>> split_base_url("https://gw.example/groq/openai/v1/")
+    ('https://gw.example', '/groq/openai/v1', '/groq')
+    """
+    url = httpx.URL(base_url.strip())
+    path = url.path.rstrip("/")
+    origin = str(url.copy_with(path="/", query=None, fragment=None)).rstrip("/")
+    if not path:
+        return origin, OPENAI_PREFIX, ""
+    if path.endswith(OPENAI_PREFIX):
+        return origin, path, path[: -len(OPENAI_PREFIX)]
+    if path.endswith("/v1"):
+        return origin, path, path[: -len("/v1")]
+    return origin, path, path
+
+
 class ServerHealth:
     """Whether each endpoint of one server is answering, and when to give up on it.
 
@@ -247,10 +273,11 @@ class ServerHealth:
     """
 
     def __init__(self, base_url: str, give_up_after_s: float = GIVE_UP_AFTER_S, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, api_root: str = OPENAI_PREFIX) -> None:
         self.base_url = base_url.rstrip("/")
         """The host root the client calls (``http://127.0.0.1:9``); messages name the API root
         (``…/openai/v1``) for the calls under it."""
+        self.api_root = api_root
         self.give_up_after_s = give_up_after_s
         self._clock = clock
         self._unanswered_since: dict[str, float] = {}
@@ -268,9 +295,10 @@ class ServerHealth:
         since = self._unanswered_since.setdefault(endpoint, now)
         if now - since < self.give_up_after_s:
             return None
-        api = path.startswith(OPENAI_PREFIX + "/")
-        return ServerUnavailableError(base_url=self.base_url + (OPENAI_PREFIX if api else ""),
-                                      endpoint=endpoint, call=f"{method} {_api_path(path)}",
+        api = path.startswith(self.api_root + "/")
+        return ServerUnavailableError(base_url=self.base_url + (self.api_root if api else ""),
+                                      endpoint=endpoint,
+                                      call=f"{method} {path[len(self.api_root):] if api else path}",
                                       last_answer=what, down_for_s=now - since)
 
 
@@ -313,12 +341,13 @@ class GroqClient:
                  max_connections: int = 32, give_up_after_s: float = GIVE_UP_AFTER_S) -> None:
         """``give_up_after_s``: how long an endpoint may go unanswered (no HTTP answer, or
         only non-JSON 5xx pages) before calls to it raise :class:`ServerUnavailableError`."""
-        root = base_url.rstrip("/")
-        if root.endswith(OPENAI_PREFIX):  # an openai-SDK style base URL: keep the host root
-            root = root[: -len(OPENAI_PREFIX)]
+        root, self.api_root, self.groq_root = split_base_url(base_url)
         self.base_url = root
+        """The server's origin; calls go under :attr:`api_url`."""
+        self.api_url = root + self.api_root
+        """The API root every call goes under (as the SDKs read ``base_url``)."""
         self.retry = retry or RetryPolicy()
-        self.health = ServerHealth(root, give_up_after_s)
+        self.health = ServerHealth(root, give_up_after_s, api_root=self.api_root)
         self._http = httpx.AsyncClient(
             base_url=root,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "groqbatch"},
@@ -336,7 +365,7 @@ class GroqClient:
         return cls(base_url or os.environ.get("GROQ_BASE_URL") or GROQ_BASE_URL, api_key, **kw)
 
     def __repr__(self) -> str:
-        return f"GroqClient(base_url={self.base_url!r})"
+        return f"GroqClient(base_url={self.api_url!r})"
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -349,7 +378,17 @@ class GroqClient:
 
     # -- one attempt, errors translated ---------------------------------------------------------
 
+    def _route(self, path: str) -> str:
+        """The path actually called: the client's paths are written in Groq's layout
+        (``/openai/v1/…``, ``/v1/fine_tunings``) and moved under the base URL's roots."""
+        if path.startswith(OPENAI_PREFIX + "/"):
+            return self.api_root + path[len(OPENAI_PREFIX):]
+        if path.startswith("/v1/"):
+            return self.groq_root + path
+        return path
+
     async def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        path = self._route(path)
         what = f"{method} {path}"
         try:
             response = await self._http.request(method, path, **kw)
@@ -424,6 +463,7 @@ class GroqClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _download_once(self, path: str, part: Path, expected_bytes: int | None) -> int:
+        path = self._route(path)
         written = 0
         try:
             async with self._http.stream("GET", path) as response:
