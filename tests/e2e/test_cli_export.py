@@ -16,7 +16,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def quickstart(tmp_path: Path) -> Path:
-    shutil.copytree(CONFIGS, tmp_path / "configs")
+    shutil.copytree(CONFIGS, tmp_path / "configs", ignore=shutil.ignore_patterns(".groqbatch"))
     return tmp_path / "configs" / "quickstart.toml"
 
 

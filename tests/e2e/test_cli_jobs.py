@@ -50,7 +50,7 @@ def test_validate_reports_rejected_rows_and_missing_input(tmp_path: Path) -> Non
 
 
 def test_plan_spends_nothing_and_writes_nothing(tmp_path: Path) -> None:
-    shutil.copytree(CONFIGS, tmp_path / "configs")
+    shutil.copytree(CONFIGS, tmp_path / "configs", ignore=shutil.ignore_patterns(".groqbatch"))
     config = tmp_path / "configs" / "quickstart.toml"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     result = run_cli("plan", "--json", str(config))

@@ -27,7 +27,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 def quickstart(folder: Path, *, ledger: str | None = None) -> Path:
     """The quickstart job (local server, in-process) copied into ``folder``; its config."""
-    shutil.copytree(CONFIGS, folder / "configs")
+    shutil.copytree(CONFIGS, folder / "configs", ignore=shutil.ignore_patterns(".groqbatch"))
     config = folder / "configs" / "quickstart.toml"
     if ledger is not None:
         text = config.read_text()

@@ -28,7 +28,7 @@ def test_the_public_api_is_small_and_named() -> None:
 
 @pytest.fixture
 def quickstart(tmp_path: Path) -> Path:
-    shutil.copytree(CONFIGS, tmp_path / "configs")
+    shutil.copytree(CONFIGS, tmp_path / "configs", ignore=shutil.ignore_patterns(".groqbatch"))
     return tmp_path / "configs" / "quickstart.toml"
 
 
