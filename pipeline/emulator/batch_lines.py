@@ -249,7 +249,7 @@ class LineFaults:
 
 
 def run_line(line: dict[str, Any], responder: Responder, faults: LineFaults,
-             line_error_status: int) -> tuple[dict[str, Any], bool]:
+             line_error_status: int, at: float | None = None) -> tuple[dict[str, Any], bool]:
     """Answer one validated line: (output record, succeeded). Rate limits do not apply."""
     custom_id: str = line["custom_id"]
     body: dict[str, Any] = line["body"]
@@ -259,7 +259,8 @@ def run_line(line: dict[str, Any], responder: Responder, faults: LineFaults,
         return response_line(custom_id, line_error_status, request_id, body_of_error), False
     tier = body.get("service_tier")
     try:
-        completion = responder.complete(body, service_tier=tier if isinstance(tier, str) else "on_demand")
+        completion = responder.complete(body, service_tier=tier if isinstance(tier, str) else "on_demand",
+                                        at=at)
     except APIProblem as problem:
         return response_line(custom_id, problem.status_code, request_id, problem.body()), False
     except Exception:
@@ -291,15 +292,21 @@ def emit(target: LineFile, record: dict[str, Any], faults: LineFaults, *, succee
 
 def run_lines(input_path: Path, offsets: array[int], *, output_path: Path, errors_path: Path,
               responder: Responder, decide: Callable[[str], LineFaults],
-              line_error_status: int) -> tuple[int, int]:
-    """Run the lines at ``offsets``, appending to the output/error files: (succeeded, failed)."""
+              line_error_status: int,
+              time_of: Callable[[int], float] | None = None) -> tuple[int, int]:
+    """Run the lines at ``offsets``, appending to the output/error files: (succeeded, failed).
+
+    ``time_of(k)``: the emulated time the k-th of them ran (its answer's ``created``), so every
+    line's time falls within the batch's ``in_progress_at … finalizing_at`` (or its expiry or
+    cancel) however late the server got round to writing it."""
     succeeded = 0
     with (input_path.open("rb") as source, appending(output_path) as output,
           appending(errors_path) as errors_out):
-        for offset in offsets:
+        for k, offset in enumerate(offsets):
             line = read_line(source, offset)
             faults = decide(line["custom_id"])
-            record, ok = run_line(line, responder, faults, line_error_status)
+            at = time_of(k) if time_of is not None else None
+            record, ok = run_line(line, responder, faults, line_error_status, at)
             emit(output if ok else errors_out, record, faults, succeeded=ok)
             succeeded += ok
     return succeeded, len(offsets) - succeeded

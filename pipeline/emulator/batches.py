@@ -394,11 +394,16 @@ class BatchStore:
         if upto <= record.done:
             return
         assert record.validation is not None
+        # Line j (from 0) of the batch ran at start + (j + 1) / rate: within in_progress …
+        # finalizing (and before an expiry or cancel, which stop the lines where they are).
+        start, rate, first = record.times["in_progress"], self.emulator.config.throughput_lines_per_s, record.done
+        stop = record.times.get("cancelling", math.inf)
         completed, failed = batch_lines.run_lines(
             record.input_path, record.validation.offsets[record.done : upto],
             output_path=record.output_path, errors_path=record.errors_path,
             responder=self.emulator.responder, decide=self._decide_faults,
             line_error_status=self.emulator.faults.scenario.batch.line_error_status,
+            time_of=lambda k: min(start + (first + k + 1) / rate, stop),
         )
         record.completed += completed
         record.failed += failed

@@ -241,11 +241,14 @@ class Responder:
     def validate(self, body: Mapping[str, Any]) -> ChatRequest:
         return validate(body, self.models)
 
-    def complete(self, body: Mapping[str, Any], *, service_tier: str) -> dict[str, Any]:
-        """Validate ``body`` and answer it; ``service_tier`` is the tier that served it."""
-        return self.answer(self.validate(body), service_tier=service_tier)
+    def complete(self, body: Mapping[str, Any], *, service_tier: str,
+                 at: float | None = None) -> dict[str, Any]:
+        """Validate ``body`` and answer it; ``service_tier`` is the tier that served it, ``at``
+        the (emulated) time it ran — a batch line's own time, not when the server got to it."""
+        return self.answer(self.validate(body), service_tier=service_tier, at=at)
 
-    def answer(self, request: ChatRequest, *, service_tier: str) -> dict[str, Any]:
+    def answer(self, request: ChatRequest, *, service_tier: str,
+               at: float | None = None) -> dict[str, Any]:
         digest = _digest(request)
         content = self._content(request, digest)
         finish_reason = "stop"
@@ -261,7 +264,7 @@ class Responder:
         return {
             "id": chat_completion_id(),
             "object": "chat.completion",
-            "created": int(self._now()),
+            "created": int(self._now() if at is None else at),
             "model": model.id,
             "choices": [
                 {
