@@ -1,9 +1,11 @@
-"""Shared fixtures: the local server in-process (ASGI) and on a loopback port (uvicorn)."""
+"""Shared fixtures: the local server in-process (ASGI) and on a loopback port (uvicorn), and
+ledger URLs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from pipeline.emulator import Emulator, EmulatorConfig, create_app
 from pipeline.emulator.config import DEFAULT_API_KEY
 from pipeline.emulator.serve import ThreadedServer
+from tests.ledgers import SKIP_REASON, fresh_postgres_database, pg_available
 
 API_KEY = DEFAULT_API_KEY
 
@@ -52,6 +55,27 @@ def server(emulator: Emulator) -> Iterator[ThreadedServer]:
     """The server on a loopback port (uvicorn on a thread), sharing ``emulator``'s state."""
     with ThreadedServer(emulator=emulator) as running:
         yield running
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgres",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(not pg_available(), reason=SKIP_REASON),
+            ],
+        ),
+    ]
+)
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where a test's ledger goes: a new SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "ledger.sqlite")
+        return
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from state import Ledger
 
 FT = "ft:llama-3.1-8b-instant:org_x/support-0123456789ab"
 
 
-def test_intent_then_outcome_then_deletion(tmp_path: Path) -> None:
-    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+def test_intent_then_outcome_then_deletion(ledger_url: str) -> None:
+    with Ledger.open(ledger_url) as ledger:
         ledger.record_adapter("support", base_model="llama-3.1-8b-instant", file_id="file_1")
         pending = ledger.adapter("support")
         assert pending is not None
@@ -34,8 +32,8 @@ def test_intent_then_outcome_then_deletion(tmp_path: Path) -> None:
         assert gone[0].deleted_at is not None
 
 
-def test_a_deleted_name_can_be_registered_again(tmp_path: Path) -> None:
-    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+def test_a_deleted_name_can_be_registered_again(ledger_url: str) -> None:
+    with Ledger.open(ledger_url) as ledger:
         ledger.record_adapter("a", base_model="b", fine_tuning_id="ft_1", model_id=FT)
         ledger.mark_adapter_deleted("a")
         ledger.record_adapter("a", base_model="b", fine_tuning_id="ft_2", model_id=FT + "x")

@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from pipeline.errors import LedgerError
 from state import CHUNK_SIZE, Ledger, RequestRecord, RequestStatus, RowRecord, ShardRecord
 from state.ledger import PAGE_SIZE
+from tests.ledgers import sqlite_file
 
 ENDPOINT = "/v1/chat/completions"
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger.open(tmp_path / "ledger.sqlite") as opened:
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    with Ledger.open(ledger_url) as opened:
         opened.record_job("enrich", "hash-1", '{"name": "enrich"}')
         yield opened
 
@@ -42,12 +42,13 @@ def test_record_job_updates_the_spec(ledger: Ledger) -> None:
     assert ledger.job_spec_hash("nope") is None
 
 
-def test_runs_record_start_and_summary(ledger: Ledger, tmp_path: Path) -> None:
+def test_runs_record_start_and_summary(ledger: Ledger, ledger_url: str) -> None:
+    path = sqlite_file(ledger_url)
     first = ledger.start_run("enrich", "local", run_name="nightly")
     second = ledger.start_run("enrich", "groq")
     assert second > first
     ledger.finish_run(first, {"succeeded": 3, "cost_usd": 0.25})
-    with sqlite3.connect(tmp_path / "ledger.sqlite") as connection:
+    with sqlite3.connect(path) as connection:
         row = connection.execute(
             "SELECT run_name, backend, finished_at, summary_json FROM runs WHERE id = ?", (first,)
         ).fetchone()
@@ -124,11 +125,12 @@ def test_record_requests_leaves_an_existing_request_alone(ledger: Ledger) -> Non
     assert list(ledger.iter_pending("enrich")) == [("a", b'{"v": 1}')]
 
 
-def test_bodies_are_stored_compressed_and_returned_whole(ledger: Ledger, tmp_path: Path) -> None:
+def test_bodies_are_stored_compressed_and_returned_whole(ledger: Ledger, ledger_url: str) -> None:
+    path = sqlite_file(ledger_url)
     body = json.dumps({"messages": [{"role": "user", "content": "x" * 5_000}]}).encode()
     ledger.record_requests([RequestRecord("big", ENDPOINT, body)])
     ledger.record_rows("enrich", _rows_for(["big"]))
-    with sqlite3.connect(tmp_path / "ledger.sqlite") as connection:
+    with sqlite3.connect(path) as connection:
         (stored,) = connection.execute("SELECT body FROM requests").fetchone()
     connection.close()
     assert len(stored) < len(body) / 10
@@ -175,7 +177,8 @@ def test_iter_pending_streams_pages_while_the_caller_writes(ledger: Ledger) -> N
     assert len(set(seen)) == len(seen)
 
 
-def test_record_shard_queues_only_pending_requests(ledger: Ledger, tmp_path: Path) -> None:
+def test_record_shard_queues_only_pending_requests(ledger: Ledger, ledger_url: str) -> None:
+    path = sqlite_file(ledger_url)
     ids = ["a", "b", "c", "d"]
     ledger.record_requests(_requests(ids))
     ledger.record_rows("enrich", _rows_for(ids))
@@ -186,7 +189,7 @@ def test_record_shard_queues_only_pending_requests(ledger: Ledger, tmp_path: Pat
 
     counts = ledger.request_counts("enrich")
     assert (counts["pending"], counts["queued"], counts["submitted"]) == (1, 2, 1)
-    with sqlite3.connect(tmp_path / "ledger.sqlite") as connection:
+    with sqlite3.connect(path) as connection:
         keys = dict(connection.execute("SELECT custom_id, shard_key FROM requests"))
     connection.close()
     assert keys == {"a": "s1", "b": "s2", "c": "s2", "d": None}

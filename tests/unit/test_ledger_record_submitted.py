@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from pipeline.errors import LedgerError
 from state import Ledger, RequestRecord, RequestStatus, RowRecord, ShardRecord, ShardStep
+from tests.ledgers import sqlite_file
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger.open(tmp_path / "ledger.sqlite") as opened:
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    with Ledger.open(ledger_url) as opened:
         opened.record_job("enrich", "h", "{}")
         ids = ["a", "b", "c"]
         opened.record_requests(RequestRecord(i, "/v1/chat/completions", b"{}") for i in ids)
@@ -50,11 +50,12 @@ def test_moves_the_shard_and_only_its_queued_requests(ledger: Ledger) -> None:
     assert totals["attempts"] == 2
 
 
-def test_replaying_it_changes_nothing(ledger: Ledger, tmp_path: Path) -> None:
+def test_replaying_it_changes_nothing(ledger: Ledger, ledger_url: str) -> None:
+    path = sqlite_file(ledger_url)
     ledger.record_submitted("s1", batch_id="batch_1")
     assert ledger.record_submitted("s1", batch_id="batch_2") == 0
     assert ledger.shards("enrich")[0]["batch_id"] == "batch_1"
-    with sqlite3.connect(tmp_path / "ledger.sqlite") as db:
+    with sqlite3.connect(path) as db:
         rows = db.execute("SELECT custom_id, tier, attempts FROM requests ORDER BY custom_id").fetchall()
     assert rows == [("a", "batch", 1), ("b", "batch", 1), ("c", None, 0)]
 

@@ -18,13 +18,14 @@ from state import (
     ResultSource,
     RowRecord,
 )
+from tests.ledgers import sqlite_file
 
 S = RequestStatus
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger.open(tmp_path / "ledger.sqlite") as opened:
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    with Ledger.open(ledger_url) as opened:
         opened.record_job("enrich", "h", "{}")
         yield opened
 
@@ -42,7 +43,7 @@ def _ok(custom_id: str, content: str = "hi", **kw: object) -> ResultRecord:
 
 
 def _tokens(path: Path) -> dict[str, tuple[int, int, float, str | None]]:
-    with sqlite3.connect(path / "ledger.sqlite") as connection:
+    with sqlite3.connect(path) as connection:
         rows = connection.execute(
             "SELECT custom_id, prompt_tokens, completion_tokens, cost_usd, last_error FROM requests"
         ).fetchall()
@@ -76,21 +77,23 @@ def test_results_move_requests_and_are_read_back(ledger: Ledger) -> None:
     )
 
 
-def test_the_same_lines_twice_change_nothing(ledger: Ledger, tmp_path: Path) -> None:
+def test_the_same_lines_twice_change_nothing(ledger: Ledger, ledger_url: str) -> None:
+    path = sqlite_file(ledger_url)
     _submitted(ledger, ["a", "b"])
     lines = [_ok("a", prompt_tokens=10, completion_tokens=5, cost_usd=0.01), _ok("b")]
     assert ledger.record_results(lines) == 2
     counts = ledger.request_counts()
-    tokens = _tokens(tmp_path)
+    tokens = _tokens(path)
     first = list(ledger.results_for(["a", "b"]))
 
     assert ledger.record_results(lines) == 0
     assert ledger.request_counts() == counts
-    assert _tokens(tmp_path) == tokens
+    assert _tokens(path) == tokens
     assert list(ledger.results_for(["a", "b"])) == first
 
 
-def test_a_duplicate_line_in_one_chunk_counts_once(ledger: Ledger, tmp_path: Path) -> None:
+def test_a_duplicate_line_in_one_chunk_counts_once(ledger: Ledger, ledger_url: str) -> None:
+    path = sqlite_file(ledger_url)
     _submitted(ledger, ["a"])
     moved = ledger.record_results(
         [_ok("a", "first", prompt_tokens=3), _ok("a", "second", prompt_tokens=3)]
@@ -99,7 +102,7 @@ def test_a_duplicate_line_in_one_chunk_counts_once(ledger: Ledger, tmp_path: Pat
     (stored,) = ledger.results_for(["a"])
     assert stored.body is not None
     assert b"first" in stored.body
-    assert _tokens(tmp_path)["a"][0] == 3
+    assert _tokens(path)["a"][0] == 3
 
 
 def test_a_late_batch_line_does_not_overwrite_a_flex_answer(ledger: Ledger) -> None:
@@ -113,12 +116,13 @@ def test_a_late_batch_line_does_not_overwrite_a_flex_answer(ledger: Ledger) -> N
     assert (stored.source, stored.body) == (ResultSource.FLEX, b'{"from": "flex"}')
 
 
-def test_a_retryable_answer_is_replaced_by_the_flex_one(ledger: Ledger, tmp_path: Path) -> None:
+def test_a_retryable_answer_is_replaced_by_the_flex_one(ledger: Ledger, ledger_url: str) -> None:
+    path = sqlite_file(ledger_url)
     _submitted(ledger, ["a"])
     ledger.record_results(
         [ResultRecord("a", S.RETRYABLE, ResultSource.BATCH, 503, error="busy", prompt_tokens=0)]
     )
-    assert _tokens(tmp_path)["a"][3] == "busy"
+    assert _tokens(path)["a"][3] == "busy"
     ledger.transition(["a"], S.RETRYABLE, S.IN_FLIGHT)
     flex = ResultRecord(
         "a", S.SUCCEEDED, ResultSource.FLEX, 200, b"{}", prompt_tokens=7, cost_usd=0.5
@@ -126,7 +130,7 @@ def test_a_retryable_answer_is_replaced_by_the_flex_one(ledger: Ledger, tmp_path
     assert ledger.record_results([flex]) == 1
     (stored,) = ledger.results_for(["a"])
     assert (stored.source, stored.status_code, stored.error) == (ResultSource.FLEX, 200, None)
-    assert _tokens(tmp_path)["a"] == (7, 0, 0.5, None)
+    assert _tokens(path)["a"] == (7, 0, 0.5, None)
 
 
 def test_answers_for_requests_not_awaiting_one_are_ignored(ledger: Ledger) -> None:
@@ -151,14 +155,15 @@ def test_an_outcome_that_is_not_an_answer_is_refused() -> None:
         ResultRecord("a", S.QUEUED, ResultSource.BATCH)
 
 
-def test_quarantine_keeps_lines_whole_and_once(ledger: Ledger, tmp_path: Path) -> None:
+def test_quarantine_keeps_lines_whole_and_once(ledger: Ledger, ledger_url: str) -> None:
+    path = sqlite_file(ledger_url)
     lines = [
         QuarantineRecord(b'{"custom_id": "zz", garbled', "unparseable JSON", "s1", "b1", "f1", 3),
         QuarantineRecord(b'{"custom_id": "who"}', "unknown custom_id", "s1", "b1", "f1", 9),
     ]
     assert ledger.quarantine(lines) == 2
     assert ledger.quarantine(lines) == 0  # the same file read again after a crash
-    with sqlite3.connect(tmp_path / "ledger.sqlite") as connection:
+    with sqlite3.connect(path) as connection:
         stored = connection.execute(
             "SELECT raw, reason, line_no FROM quarantine ORDER BY id"
         ).fetchall()

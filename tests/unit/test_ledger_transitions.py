@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,14 +24,15 @@ from state import (
     ShardRecord,
     ShardStep,
 )
+from tests.ledgers import sqlite_file
 
 S = RequestStatus
 ILLEGAL_MOVES = sorted(set(itertools.product(S, S)) - REQUEST_MOVES)
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger.open(tmp_path / "ledger.sqlite") as opened:
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    with Ledger.open(ledger_url) as opened:
         opened.record_job("enrich", "h", "{}")
         yield opened
 
@@ -106,13 +105,14 @@ def test_succeeded_to_pending_points_at_refresh(ledger: Ledger) -> None:
         ledger.transition(["a"], S.SUCCEEDED, S.PENDING)
 
 
-def test_transition_sets_fields_and_counts_attempts(ledger: Ledger, tmp_path: Path) -> None:
+def test_transition_sets_fields_and_counts_attempts(ledger: Ledger, ledger_url: str) -> None:
+    path = sqlite_file(ledger_url)
     _add(ledger, ["a", "b"])
     _bring_to(ledger, ["a", "b"], S.RETRYABLE)
     ledger.transition(["a"], S.RETRYABLE, S.IN_FLIGHT, tier="flex")
     ledger.transition(["a"], S.IN_FLIGHT, S.RETRYABLE, last_error="HTTP 498")
     ledger.transition(["a"], S.RETRYABLE, S.IN_FLIGHT)
-    with sqlite3.connect(tmp_path / "ledger.sqlite") as connection:
+    with sqlite3.connect(path) as connection:
         rows = dict(
             (r[0], r[1:])
             for r in connection.execute(
@@ -240,35 +240,33 @@ def test_set_shard_step_refuses_unknown_fields(ledger: Ledger) -> None:
 # A request's life as a model: the ledger must agree with it after any sequence of moves,
 # legal or not, replayed or not. ``from_`` is usually the request's real state (so moves happen),
 # sometimes any state (so guards and refusals are exercised).
-def test_random_move_sequences_agree_with_the_model() -> None:
-    with tempfile.TemporaryDirectory() as tmp, Ledger.open(Path(tmp) / "l.sqlite") as ledger:
-        ledger.record_job("enrich", "h", "{}")
-        rounds = itertools.count()
+def test_random_move_sequences_agree_with_the_model(ledger: Ledger) -> None:
+    rounds = itertools.count()
 
-        @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-        @given(data=st.data(), steps=st.integers(min_value=1, max_value=30))
-        def check(data: st.DataObject, steps: int) -> None:
-            names = [f"{next(rounds)}-{n}" for n in "abc"]
-            _add(ledger, names)
-            model = dict.fromkeys(names, S.PENDING)
-            for _ in range(steps):
-                if data.draw(st.integers(0, 9)) == 0:
-                    reopened = [n for n in names if model[n] is S.SUCCEEDED]
-                    assert ledger.refresh(names) == len(reopened)
-                    model.update(dict.fromkeys(reopened, S.PENDING))
-                    continue
-                custom_id = data.draw(st.sampled_from(names))
-                from_ = data.draw(st.sampled_from([model[custom_id], *S]))
-                to = data.draw(st.sampled_from(list(S)))
-                if (from_, to) not in REQUEST_MOVES:
-                    with pytest.raises(LedgerError):
-                        ledger.transition([custom_id], from_, to)
-                else:
-                    moved = ledger.transition([custom_id], from_, to)
-                    assert moved == (1 if model[custom_id] is from_ else 0)
-                    if moved:
-                        model[custom_id] = to
-                    assert ledger.transition([custom_id], from_, to) == 0  # replay: no move
-                assert ledger.statuses(names) == model
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(data=st.data(), steps=st.integers(min_value=1, max_value=30))
+    def check(data: st.DataObject, steps: int) -> None:
+        names = [f"{next(rounds)}-{n}" for n in "abc"]
+        _add(ledger, names)
+        model = dict.fromkeys(names, S.PENDING)
+        for _ in range(steps):
+            if data.draw(st.integers(0, 9)) == 0:
+                reopened = [n for n in names if model[n] is S.SUCCEEDED]
+                assert ledger.refresh(names) == len(reopened)
+                model.update(dict.fromkeys(reopened, S.PENDING))
+                continue
+            custom_id = data.draw(st.sampled_from(names))
+            from_ = data.draw(st.sampled_from([model[custom_id], *S]))
+            to = data.draw(st.sampled_from(list(S)))
+            if (from_, to) not in REQUEST_MOVES:
+                with pytest.raises(LedgerError):
+                    ledger.transition([custom_id], from_, to)
+            else:
+                moved = ledger.transition([custom_id], from_, to)
+                assert moved == (1 if model[custom_id] is from_ else 0)
+                if moved:
+                    model[custom_id] = to
+                assert ledger.transition([custom_id], from_, to) == 0  # replay: no move
+            assert ledger.statuses(names) == model
 
-        check()
+    check()
