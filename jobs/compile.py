@@ -34,6 +34,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jobs.inputs import find_duplicate_ids, iter_job_rows
@@ -45,7 +46,7 @@ from jobs.requests import (
     row_key_for,
     unkeyed_row_key,
 )
-from jobs.shards import ShardWriter, shard_key
+from jobs.shards import ShardWriter, WrittenShard, shard_key
 from jobs.spec import JobSpec
 from jobs.template import RowRejected
 from state import Ledger, RequestRecord, RequestStatus, RowRecord
@@ -219,19 +220,45 @@ def write_shards(
     def key_for(digest: str) -> str:
         return shard_key(spec.name, digest, tag or f"g{ledger.shard_generation(spec.name, digest)}")
 
-    with ShardWriter(
-        directory,
-        max_lines=policy.max_lines_per_shard,
-        max_bytes=policy.max_bytes_per_shard,
-        job=spec.name,
-        key_for=key_for,
-    ) as writer:
-        for custom_id, body in ledger.iter_pending(spec.name):
-            report.to_send += 1
-            report.est_prompt_tokens += estimate_prompt_tokens(body)
-            report.est_completion_tokens += completion
-            _record(ledger, spec.name, report, writer.add(custom_id, batch_line(custom_id, body)))
-        _record(ledger, spec.name, report, writer.close())
+    # A compile of another job sharing requests with this one may queue some of them while
+    # this pass writes them into a file: that shard is then not recorded (record_shard whole)
+    # and the pass starts again on what is still pending. Each restart follows another
+    # compile's progress, so it ends.
+    while True:
+        estimates: dict[str, int] = {}  # prompt tokens of the requests in unrecorded shards
+        try:
+            with ShardWriter(
+                directory,
+                max_lines=policy.max_lines_per_shard,
+                max_bytes=policy.max_bytes_per_shard,
+                job=spec.name,
+                key_for=key_for,
+            ) as writer:
+                for custom_id, body in ledger.iter_pending(spec.name):
+                    estimates[custom_id] = estimate_prompt_tokens(body)
+                    closed = writer.add(custom_id, batch_line(custom_id, body))
+                    _record(ledger, spec.name, report, closed, estimates, completion)
+                _record(ledger, spec.name, report, writer.close(), estimates, completion)
+            return
+        except _TakenMeanwhile:
+            continue
+
+
+class _TakenMeanwhile(Exception):
+    """Some requests of a shard being recorded were queued by another compile meanwhile."""
+
+
+def _record(ledger: Ledger, job: str, report: CompileReport, shards: Iterable[WrittenShard],
+            estimates: dict[str, int], completion: int) -> None:
+    for shard in shards:
+        if not ledger.record_shard(job, shard.record, shard.custom_ids, whole=True):
+            Path(shard.record.path).unlink(missing_ok=True)
+            raise _TakenMeanwhile(shard.record.key)
+        r = shard.record
+        report.shards.append(ShardSummary(r.key, r.path, r.sha256, r.lines, r.bytes))
+        report.to_send += r.lines
+        report.est_completion_tokens += completion * r.lines
+        report.est_prompt_tokens += sum(estimates.pop(cid) for cid in shard.custom_ids)
 
 
 def shard_pending(spec: JobSpec, ledger: Ledger, report: CompileReport) -> None:
@@ -242,13 +269,6 @@ def shard_pending(spec: JobSpec, ledger: Ledger, report: CompileReport) -> None:
         report.to_send += route_to_sync(spec, ledger)
     else:
         write_shards(spec, ledger, report)
-
-
-def _record(ledger: Ledger, job: str, report: CompileReport, shards: Iterable[Any]) -> None:
-    for shard in shards:
-        ledger.record_shard(job, shard.record, shard.custom_ids)
-        r = shard.record
-        report.shards.append(ShardSummary(r.key, r.path, r.sha256, r.lines, r.bytes))
 
 
 def compile_job(

@@ -200,17 +200,31 @@ class Ledger:
         """
         return inputs.iter_pending(self._db, job)
 
-    def record_shard(self, job: str, shard: ShardRecord, custom_ids: Iterable[str]) -> None:
+    def record_shard(
+        self, job: str, shard: ShardRecord, custom_ids: Iterable[str], *, whole: bool = False
+    ) -> bool:
         """Record a compiled shard and move its requests pending → queued, in one transaction.
 
         Recording the same shard key again changes nothing; ids that are not pending (already
-        queued, say) are left alone.
+        queued, say) are left alone. With ``whole``, the shard is recorded only if every one of
+        ``custom_ids`` was still pending — else nothing is, and it returns False: another compile
+        (of another job sharing these requests) took some meanwhile, so the file would send
+        them twice.
         """
         now = time.time()
         add_shard = self._db.insert_ignore(t.shards, ["key"])
         enqueue = self._guarded_update(RequestStatus.PENDING).values(
             status=RequestStatus.QUEUED.value, shard_key=shard.key, updated_at=now
         )
+        ids = list(custom_ids)
+        try:
+            self._record_shard(job, shard, ids, whole, add_shard, enqueue, now)
+        except _NotWhole:
+            return False  # rolled back: nothing of it recorded
+        return True
+
+    def _record_shard(self, job: str, shard: ShardRecord, ids: list[str], whole: bool,
+                      add_shard: Any, enqueue: Any, now: float) -> None:
         with self._db.transaction("record_shard") as connection:
             connection.execute(
                 add_shard,
@@ -226,8 +240,11 @@ class Ledger:
                     "updated_at": now,
                 },
             )
-            for chunk in chunked(custom_ids, CHUNK_SIZE):
-                connection.execute(enqueue, {"ids": chunk})
+            moved = 0
+            for chunk in chunked(ids, CHUNK_SIZE):
+                moved += connection.execute(enqueue, {"ids": chunk}).rowcount
+            if whole and moved != len(ids):
+                raise _NotWhole(shard.key)
 
     # ---------------------------------------------------------------- status moves
 
@@ -597,6 +614,10 @@ class Ledger:
             t.requests.c.custom_id.in_(bindparam("ids", expanding=True)),
             t.requests.c.status == from_.value,
         )
+
+
+class _NotWhole(Exception):
+    """Raised inside record_shard's transaction to roll it back."""
 
 
 def _shard_move(

@@ -3,6 +3,9 @@
 - ``GET  /_emulator/state``          clock, scenario, counts of files and batches by status
 - ``PUT  /_emulator/scenario``       replace the fault scenario (body: a Scenario as JSON)
 - ``POST /_emulator/clock/advance``  ``{"seconds": N}``: jump the virtual clock forward
+- ``GET  /_emulator/requests``       the calls served, oldest first (:mod:`.journal`); filters
+  ``?since=<seq>``, ``?method=POST``, ``?path_contains=chat``
+- ``DELETE /_emulator/requests``     forget them: ``{"cleared": n}``
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from starlette.routing import Route
 
 from .config import Scenario
 from .errors import bad_request
-from .http import JSONResponse, json_body
+from .http import JSONResponse, json_body, query_int
 
 if TYPE_CHECKING:
     from .server import Emulator
@@ -66,8 +69,25 @@ async def advance_clock(request: Request) -> JSONResponse:
     return JSONResponse({"now": emulator.clock.now()})
 
 
+async def list_requests(request: Request) -> JSONResponse:
+    params = request.query_params
+    since = query_int(params, "since", 0, low=0, high=2**63 - 1)
+    journal = _emulator(request).journal
+    # A million entries take a while to copy: keep it off the event loop.
+    entries = await anyio.to_thread.run_sync(
+        lambda: journal.entries(since=since, method=params.get("method"),
+                                path_contains=params.get("path_contains")))
+    return JSONResponse({"object": "list", "data": entries})
+
+
+async def clear_requests(request: Request) -> JSONResponse:
+    return JSONResponse({"cleared": _emulator(request).journal.clear()})
+
+
 routes = [
     Route("/state", state, methods=["GET"]),
     Route("/scenario", put_scenario, methods=["PUT"]),
     Route("/clock/advance", advance_clock, methods=["POST"]),
+    Route("/requests", list_requests, methods=["GET"]),
+    Route("/requests", clear_requests, methods=["DELETE"]),
 ]

@@ -232,6 +232,8 @@ class LineFaults:
     missing: bool = False
     garbled: bool = False
     duplicate: bool = False
+    string_body: bool = False
+    null_body: bool = False
 
     @classmethod
     def decide(cls, faults: FaultInjector, key: str) -> LineFaults:
@@ -241,11 +243,14 @@ class LineFaults:
             missing=faults.chance("batch:missing", rates.missing_line_rate, key),
             garbled=faults.chance("batch:garbled", rates.garbled_line_rate, key),
             duplicate=faults.chance("batch:duplicate", rates.duplicate_line_rate, key),
+            string_body=faults.chance("batch:string_body", rates.string_body_rate, key),
+            null_body=faults.chance("batch:null_body", rates.null_body_rate, key),
         )
 
     @property
     def any(self) -> bool:
-        return self.server_error or self.missing or self.garbled or self.duplicate
+        return (self.server_error or self.missing or self.garbled or self.duplicate
+                or self.null_body)
 
 
 def run_line(line: dict[str, Any], responder: Responder, faults: LineFaults,
@@ -281,6 +286,10 @@ def emit(target: LineFile, record: dict[str, Any], faults: LineFaults, *, succee
     """
     if faults.missing:
         return
+    response = record.get("response")
+    if succeeded and isinstance(response, dict) and (faults.string_body or faults.null_body):
+        body = None if faults.null_body else orjson.dumps(response["body"]).decode()
+        record = {**record, "response": {**response, "body": body}}
     text = orjson.dumps(record).decode()
     if faults.garbled:
         # A proper prefix of a JSON object is never valid JSON.

@@ -284,10 +284,11 @@ class BatchStore:
                 self._advance(record, now)
             self._commit(record)
             if not cancellable and record.state != BatchStatus.CANCELLING:
-                raise bad_request(
-                    f"Batch `{record.id}` cannot be cancelled: its status is `{record.status}`.",
-                    code="batch_not_cancellable",
-                )
+                status = self.emulator.faults.scenario.quirks.cancel_settled_status
+                message = f"Batch `{record.id}` cannot be cancelled: its status is `{record.status}`."
+                if status == 409:
+                    message = f"Cannot cancel batch {record.id} with status '{record.status}'"
+                raise APIProblem(status, message, code="batch_not_cancellable")
             return record.as_api(self.emulator.config.count_unrun_as_failed)
 
     def _commit(self, record: BatchRecord) -> None:

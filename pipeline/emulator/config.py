@@ -64,6 +64,12 @@ class BatchFaults(_Frozen):
     line_error_status: int = 500
     empty_error_file_object: bool = False
     """Groq's quirk: ``"error_file_id": {}`` on a batch with no errors."""
+    string_body_rate: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of answered lines whose ``response.body`` is a JSON *string* holding the
+    completion, as one open-source batch server writes it."""
+    null_body_rate: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of answered lines written ``status_code: 200`` with ``body: null`` — not an
+    answer, whatever the status says."""
 
 
 class DownloadFaults(_Frozen):
@@ -74,6 +80,17 @@ class DownloadFaults(_Frozen):
     truncate_at_fraction: float = Field(0.5, ge=0.0, lt=1.0)
     drop_connection_rate: float = Field(0.0, ge=0.0, le=1.0)
     """Share of downloads whose connection drops before any byte."""
+
+
+class ServerQuirks(_Frozen):
+    """Odd but real behaviours of other OpenAI-compatible batch servers, on demand."""
+
+    list_files: bool = True
+    """False: ``GET /files`` answers 405, as on servers that have no file listing."""
+    cancel_settled_status: int = Field(400, ge=400, le=499)
+    """What cancelling a batch that already settled answers (Groq/ours: 400; others: 409)."""
+    throttle_rates: dict[ChatEndpoint, float] = Field(default_factory=dict)
+    """Per endpoint, the share of calls answered 429 with ``retry-after: 1``."""
 
 
 class Scenario(_Frozen):
@@ -89,6 +106,7 @@ class Scenario(_Frozen):
     """Concurrent flex requests the server takes before answering 498; None is unlimited."""
     batch: BatchFaults = BatchFaults()
     downloads: DownloadFaults = DownloadFaults()
+    quirks: ServerQuirks = ServerQuirks()
 
 
 class EmulatorConfig(_Frozen):

@@ -194,6 +194,9 @@ async def upload_file(request: Request) -> JSONResponse:
 
 
 async def list_files(request: Request) -> JSONResponse:
+    if not _emulator(request).faults.scenario.quirks.list_files:
+        raise APIProblem(405, f"Method GET is not allowed on {request.url.path}.",
+                         code="method_not_allowed")
     files = _emulator(request).files.all()
     params = request.query_params
     if purpose := params.get("purpose"):

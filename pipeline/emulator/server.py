@@ -36,6 +36,7 @@ from .config import ChatEndpoint, EmulatorConfig
 from .errors import INVALID_API_KEY, APIProblem
 from .faults import FaultInjector
 from .http import ConnectionDropped, DroppedResponse, JSONResponse, problem_response
+from .journal import JournalMiddleware, RequestJournal
 from .persist import SavedState, StateStore
 from .ratelimit import RateLimiter
 from .responder import Responder
@@ -68,6 +69,8 @@ class Emulator:
                 self.persist.close()
                 raise
         self.clock = self._start_clock(saved)
+        self.journal = RequestJournal()
+        """The calls served (``GET /_emulator/requests``); in memory only, never saved."""
         self.faults = FaultInjector(self.config.scenario, started_at=self.clock.now())
         self.files = files.FileStore(root / "files")
         self.files.persist = self.persist
@@ -180,6 +183,13 @@ class GatewayMiddleware:
         faults = self.emulator.faults
         if faults.drop_connection(endpoint):
             return DroppedResponse()
+        throttle = faults.scenario.quirks.throttle_rates.get(endpoint, 0.0)
+        if faults.chance(f"throttle:{endpoint}", throttle):
+            return problem_response(
+                APIProblem(429, "Rate limit reached, please try again in 1s.",
+                           type="rate_limit_exceeded", code="rate_limit_exceeded",
+                           headers={"retry-after": "1"})
+            )
         if faults.server_error(endpoint):
             return problem_response(
                 APIProblem(500, "Internal Server Error", type="internal_server_error",
@@ -236,7 +246,9 @@ def create_app(config: EmulatorConfig | None = None, *, emulator: Emulator | Non
             *(Mount(prefix, routes=api) for prefix in API_PREFIXES),
             Mount("/_emulator", routes=admin.routes),
         ],
-        middleware=[Middleware(GatewayMiddleware, emulator=emulator)],
+        # The journal outermost, so it also records what the gateway refuses (401s, faults).
+        middleware=[Middleware(JournalMiddleware, emulator=emulator),
+                    Middleware(GatewayMiddleware, emulator=emulator)],
         exception_handlers={
             APIProblem: _on_problem,
             HTTPException: _on_http_exception,

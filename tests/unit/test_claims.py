@@ -164,3 +164,19 @@ def test_a_version_1_ledger_is_migrated_with_its_data(tmp_path: Path) -> None:
         assert ledger.lock("compile:job", "job", "w1", lease_s=60)[0]
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+
+
+def test_a_shard_whose_requests_another_compile_took_is_not_recorded(ledger: Ledger) -> None:
+    """Two jobs sharing requests compile at once: a shard file holding a request the other
+    compile queued meanwhile would send it twice, so it is not recorded at all."""
+    ids = ["a", "b", "c"]
+    ledger.record_requests(RequestRecord(cid, "/v1/chat/completions", b"{}") for cid in ids)
+    ledger.record_rows("job", [RowRecord(cid, i, cid, None) for i, cid in enumerate(ids)])
+    assert ledger.record_shard("job", ShardRecord("other", "/x", "1" * 64, 1, 10), ["b"])
+    assert not ledger.record_shard("job", ShardRecord("mine", "/y", "2" * 64, 3, 30), ids,
+                                   whole=True)
+    assert ledger.shard("mine") is None
+    assert ledger.statuses(ids) == {"a": S.PENDING, "b": S.QUEUED, "c": S.PENDING}
+    assert ledger.record_shard("job", ShardRecord("mine2", "/z", "3" * 64, 2, 20), ["a", "c"],
+                               whole=True)
+    assert ledger.statuses(ids) == {"a": S.QUEUED, "b": S.QUEUED, "c": S.QUEUED}
