@@ -21,7 +21,8 @@ API_KEY = DEFAULT_API_KEY
 @pytest.fixture(autouse=True)
 def _no_outside_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never pick up a developer's real key or base URL."""
-    for name in ("GROQ_API_KEY", "GROQ_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+    for name in ("GROQ_API_KEY", "GROQ_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL",
+                 "GROQBATCH_LEDGER", "GROQBATCH_LEASE_S", "GROQBATCH_PRICES", "GROQBATCH_CRASH_AT"):
         monkeypatch.delenv(name, raising=False)
 
 

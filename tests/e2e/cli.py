@@ -24,7 +24,10 @@ def groqbatch_command() -> list[str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GROQ_", "OPENAI_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GROQ_", "OPENAI_"))
+           and k not in ("GROQBATCH_LEDGER", "GROQBATCH_LEASE_S", "GROQBATCH_PRICES",
+                         "GROQBATCH_CRASH_AT")}
     env.update(extra)
     return env
 
