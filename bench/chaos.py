@@ -7,12 +7,14 @@ Each trial is a fresh job (``--rows`` requests in shards of ``--shard-lines``) k
 three times — at a named crash point of :mod:`pipeline.faultpoints` (``GROQBATCH_CRASH_AT``,
 with a random n) or with SIGKILL after a random delay — then run to completion, then audited
 against the server (:mod:`tests.e2e.crash`): every request answered once, one batch per shard,
-no orphan upload, empty quarantine, tokens counted once. One line per trial, then
+no orphan upload, empty quarantine, tokens counted once, and no request ``failed`` without an
+answer or an error (``unanswered``: failed with no result, or recovered from a kill or given up
+on with no HTTP status). One line per trial, then
 
-    trials=50 lost=0 duplicated=0 orphans=0 double_batches=0 failed_trials=0
+    trials=50 lost=0 duplicated=0 orphans=0 double_batches=0 unanswered=0 failed_trials=0
 
-and exit status 1 if any trial failed. The same seed replays the same kills (the timing of a
-wall-clock kill still depends on the machine).
+and exit status 1 if any trial failed or any count is not 0. The same seed replays the same
+kills (the timing of a wall-clock kill still depends on the machine).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def main() -> int:
 
     rng = random.Random(args.seed)
     shards = -(-args.rows // args.shard_lines)
-    totals = {"lost": 0, "duplicated": 0, "orphans": 0, "double_batches": 0}
+    totals = {"lost": 0, "duplicated": 0, "orphans": 0, "double_batches": 0, "unanswered": 0}
     failed = 0
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="groqbatch-chaos-"))
@@ -69,14 +71,14 @@ def main() -> int:
     elapsed = time.monotonic() - started
     print(f"trials={args.trials} lost={totals['lost']} duplicated={totals['duplicated']} "
           f"orphans={totals['orphans']} double_batches={totals['double_batches']} "
-          f"failed_trials={failed} ({elapsed:.0f}s, seed {args.seed})")
+          f"unanswered={totals['unanswered']} failed_trials={failed} ({elapsed:.0f}s, seed {args.seed})")
     if args.keep:
         print(f"trials kept in {root}")
     else:
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
-    return 1 if failed else 0
+    return 1 if failed or any(totals.values()) else 0
 
 
 if __name__ == "__main__":

@@ -83,8 +83,9 @@ from .workers import Worker
 log = logging.getLogger("groqbatch.flex")
 
 CLAIM_GROUP = 64
-"""Requests moved retryable → in_flight in one transaction (a transaction costs ~2 ms on a
-busy machine: one per call would take a third of the loop at a few hundred calls a second)."""
+"""Most requests moved retryable → in_flight in one transaction (a transaction costs ~2 ms on a
+busy machine: one per call would take a third of the loop at a few hundred calls a second).
+A stage claims ``2 x concurrency`` at a time within it, so workers sharing a job share evenly."""
 RECORD_EVERY = 256
 """Most outcomes written in one transaction."""
 FREE_TRANSPORT_FAILURES = 8
@@ -358,7 +359,10 @@ class _Stage:
         """Page through the job's retryable requests, again and again, until none is eligible,
         due later, or in flight. Calls are claimed (retryable → in_flight) a group at a time,
         one transaction per group, just before they are handed to the workers."""
-        group_size = max(self.concurrency, CLAIM_GROUP)
+        # Claim about what this worker can have in flight soon, no more: a claimed request
+        # waits in this worker's queue where no other worker can take it, so large groups
+        # leave the last workers of a shared job idle while one works through its backlog.
+        group_size = min(CLAIM_GROUP, max(8, 2 * self.concurrency))
         async with send:
             while True:
                 claimed = 0

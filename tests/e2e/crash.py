@@ -11,18 +11,22 @@ then run to completion with no crash, and :func:`audit` compares the ledger with
   ledger recorded, and it was created from the file the ledger recorded;
 - every file the job uploaded (``groqbatch-<shard>.jsonl``) is some shard's ``file_id``;
 - the quarantine is empty, and tokens are counted once: the requests' prompt and completion
-  tokens sum to the usage in the stored result bodies.
+  tokens sum to the usage in the stored result bodies;
+- no request ``failed`` without ever getting an answer or an error (:func:`unanswered_failures`):
+  a request may fail only on what a server said, never on a kill or a call cut short.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import sqlite3
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,7 @@ import httpx
 import orjson
 
 from pipeline.faultpoints import ENV_VAR, POINTS
-from state import Ledger
+from state import Ledger, RequestStatus
 from tests.e2e.cli import clean_env, groqbatch_command
 
 CRASH_POINTS = tuple(sorted(POINTS))
@@ -130,12 +134,14 @@ class Audit:
     """Files uploaded for the job that no shard records."""
     quarantined: int = 0
     token_mismatch: int = 0
+    unanswered: int = 0
+    """Requests ``failed`` that never got an answer or an error (see :func:`unanswered_failures`)."""
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not (self.lost or self.duplicated or self.double_batches or self.orphans
-                    or self.quarantined or self.token_mismatch)
+                    or self.quarantined or self.token_mismatch or self.unanswered)
 
 
 def audit(config: Path, job: str, server_url: str, api_key: str) -> Audit:
@@ -169,6 +175,10 @@ def _audit_requests(report: Audit, ledger: Ledger, job: str, ids: list[str]) -> 
     if report.lost:
         others = {k: v for k, v in counts.items() if v and k != "succeeded"}
         report.problems.append(f"{report.lost} requests lost: {others}, {len(without)} without one result")
+    unanswered = unanswered_failures(ledger, job, per_id.keys())
+    report.unanswered = len(unanswered)
+    if unanswered:
+        report.problems.append(f"{len(unanswered)} requests failed unanswered: {unanswered[:3]}")
     totals = ledger.request_totals(job)
     if totals["attempts"] != report.requests:
         report.duplicated = max(report.duplicated, int(totals["attempts"]) - report.requests)
@@ -182,6 +192,24 @@ def _audit_requests(report: Audit, ledger: Ledger, job: str, ids: list[str]) -> 
         if int(totals[kind]) != usage[kind]:
             report.token_mismatch += 1
             report.problems.append(f"{kind}: ledger {totals[kind]} != result bodies {usage[kind]}")
+
+
+_HTTP_STATUS = re.compile(r'"status":\s*[1-5][0-9][0-9]\b')
+_NO_ANSWER = ("recovered after an interrupted run", "gave up")
+
+
+def unanswered_failures(ledger: Ledger, job: str, with_result: Collection[str]) -> list[str]:
+    """``failed`` requests that never got an answer or an error, as ``custom_id: last_error``:
+    those not in ``with_result`` (the custom_ids with a stored result), and those whose
+    ``last_error`` says they were recovered from an interrupted run or given up on, with no
+    HTTP status in it."""
+    found = []
+    for request in ledger.iter_requests(job, RequestStatus.FAILED):
+        error = request.last_error or ""
+        if request.custom_id not in with_result or (
+                any(text in error for text in _NO_ANSWER) and not _HTTP_STATUS.search(error)):
+            found.append(f"{request.custom_id}: {error[:200]}")
+    return found
 
 
 def _audit_shards(report: Audit, shards: list[dict[str, Any]], batches: list[dict[str, Any]],
@@ -275,7 +303,8 @@ class TrialResult:
         what = ", ".join(f"{kill} → {outcome}" for kill, outcome in self.kills)
         verdict = "ok" if a.ok else "FAIL: " + "; ".join(a.problems[:5])
         return (f"{self.job}: [{what}] requests={a.requests} lost={a.lost} duplicated={a.duplicated} "
-                f"orphans={a.orphans} double_batches={a.double_batches} {self.elapsed_s:.1f}s {verdict}")
+                f"orphans={a.orphans} double_batches={a.double_batches} unanswered={a.unanswered} "
+                f"{self.elapsed_s:.1f}s {verdict}")
 
 
 def run_trial(root: Path, job: str, kills: list[Kill], server_url: str, api_key: str, *,

@@ -1,0 +1,48 @@
+"""``bench/workers.py`` at its tiny size: it measures and prints its table, and when the work
+is not done it says why and exits 1 instead of printing a ratio.
+
+The bench runs as a script in a subprocess, on SQLite files, as a person would run it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.cli import clean_env
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "workers.py"
+
+
+def run_bench(*args: str, timeout_s: float = 50) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(BENCH), "--size", "tiny", "--sqlite", *args],
+                          capture_output=True, text=True, timeout=timeout_s, env=clean_env(),
+                          check=False)
+
+
+def test_the_workers_bench_prints_its_table_when_the_work_is_done() -> None:
+    result = run_bench("--workers", "1", "2")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("1. I/O-bound: sync job, 40 requests"), result.stdout
+    assert any(line.startswith("2. batch job: 100 requests in 5 shards") for line in lines)
+    # workers, wall s, speed-up, in-worker s, sent, batches, duplicates, per worker, all wall s
+    rows = [line.split() for line in lines if line.split()[:1] in (["1"], ["2"])]
+    assert [(row[0], row[4], row[5], row[6]) for row in rows] == [
+        ("1", "40", "0", "0"), ("2", "40", "0", "0"),       # sync: chat calls, no batches
+        ("1", "100", "5", "0"), ("2", "100", "5", "0"),     # batch: batch lines, batches
+    ]
+    assert all(row[2].endswith("x") for row in rows)
+    assert lines[-1].startswith("targets: 0 duplicates: met"), result.stdout
+
+
+def test_the_workers_bench_fails_without_a_ratio_when_nothing_succeeds() -> None:
+    # The server knows no such model: every chat call is a 404, no request succeeds.
+    result = run_bench("--only", "sync", "--workers", "1", "--model", "no-such-model")
+
+    assert result.returncode == 1, result.stdout
+    assert "speed-up" not in result.stdout
+    assert "work not done, no figures" in result.stderr
+    assert "{'failed': 40} for 40 requests" in result.stderr
