@@ -45,3 +45,29 @@ async def test_an_error_names_the_path_actually_called() -> None:
 
 
 pytestmark = pytest.mark.anyio
+
+
+async def test_a_server_that_cannot_list_batches_is_never_sent_a_blind_create() -> None:
+    """Issue 11: resuming a shard caught in ``submitting`` needs the batch listing to adopt
+    its batch; without one, creating could pay twice — refused, saying so."""
+    from pipeline.submit import _adopt_batch
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(405, json={"error": {"message": "Method Not Allowed"}})
+
+    shard = {"key": "job-abc-g0", "updated_at": 0.0}
+    async with GroqClient("http://h.test/v1", "gsk_k", transport=httpx.MockTransport(handle)) as client:
+        with pytest.raises(PermanentAPIError, match="will not create one blindly"):
+            await _adopt_batch(client, "job", shard)
+
+
+async def test_a_server_that_cannot_list_files_gets_the_upload_again_with_a_note() -> None:
+    from pipeline.submit import _adopt_file
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(405, json={"error": {"message": "Method Not Allowed"}})
+
+    notes: set[str] = set()
+    async with GroqClient("http://h.test/v1", "gsk_k", transport=httpx.MockTransport(handle)) as client:
+        assert await _adopt_file(client, {"key": "job-abc-g0", "bytes": 10}, notes) is None
+    assert any("does not list files" in note for note in notes)
