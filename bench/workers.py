@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -59,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.e2e.cli import ServeProcess
 from tests.e2e.workers import batch_lines, journal, ledger_figures, start_worker, write_job
+from tests.ledgers import fresh_postgres_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,21 +129,8 @@ def postgres_server(url: str | None) -> Iterator[str]:
 @contextmanager
 def fresh_postgres(server_url: str) -> Iterator[str]:
     """A new, empty database on ``server_url``'s server, dropped afterwards."""
-    import psycopg
-    from psycopg import sql
-    from sqlalchemy import make_url
-
-    server = make_url(server_url)
-    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"gbbench_{secrets.token_hex(6)}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                               .format(sql.Identifier(name)))
+    with fresh_postgres_database(server_url) as url:
+        yield url
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
+from typing import Any
 
 from sqlalchemy import bindparam, exists, select
 
@@ -86,16 +87,23 @@ def record_requests(db: Database, requests: Iterable[RequestRecord]) -> int:
 def iter_pending(db: Database, job: str) -> Iterator[tuple[str, bytes]]:
     """See :meth:`state.Ledger.iter_pending`."""
     wanted = exists().where(t.rows.c.custom_id == t.requests.c.custom_id, t.rows.c.job == job)
+    return _bodies_by_custom_id(db, "iter_pending",
+                                t.requests.c.status == RequestStatus.PENDING.value, wanted)
+
+
+def _bodies_by_custom_id(db: Database, operation: str, *where: Any) -> Iterator[tuple[str, bytes]]:
+    """(custom_id, body) of the requests matching ``where``, in custom_id order, a page per
+    short read transaction (keyset paging: the caller may write between pages)."""
     base = (
         select(t.requests.c.custom_id, t.requests.c.body)
-        .where(t.requests.c.status == RequestStatus.PENDING.value, wanted)
+        .where(*where)
         .order_by(t.requests.c.custom_id)
         .limit(PAGE_SIZE)
     )
     after: str | None = None
     while True:
         query = base if after is None else base.where(t.requests.c.custom_id > after)
-        with db.transaction("iter_pending", write=False) as connection:
+        with db.transaction(operation, write=False) as connection:
             page = connection.execute(query).all()
         for custom_id, body in page:
             yield custom_id, decompress(body)
@@ -119,19 +127,4 @@ def row_ids(db: Database, job: str, row_keys: Iterable[str]) -> dict[str, str | 
 
 def iter_shard(db: Database, key: str) -> Iterator[tuple[str, bytes]]:
     """See :meth:`state.Ledger.shard_lines`."""
-    base = (
-        select(t.requests.c.custom_id, t.requests.c.body)
-        .where(t.requests.c.shard_key == key)
-        .order_by(t.requests.c.custom_id)
-        .limit(PAGE_SIZE)
-    )
-    after: str | None = None
-    while True:
-        query = base if after is None else base.where(t.requests.c.custom_id > after)
-        with db.transaction("iter_shard", write=False) as connection:
-            page = connection.execute(query).all()
-        for custom_id, body in page:
-            yield custom_id, decompress(body)
-        if len(page) < PAGE_SIZE:
-            return
-        after = page[-1][0]
+    return _bodies_by_custom_id(db, "iter_shard", t.requests.c.shard_key == key)

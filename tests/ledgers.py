@@ -25,12 +25,13 @@ def pg_available() -> bool:
 
 
 @contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """The SQLAlchemy URL of a new, empty database ``gbt_<random>``, dropped on exit."""
+def fresh_postgres_database(server_url: str | None = None) -> Iterator[str]:
+    """The SQLAlchemy URL of a new, empty database ``gbt_<random>`` on ``server_url``'s server
+    (default: ``$GROQBATCH_TEST_LEDGER_URL``'s), dropped on exit."""
     import psycopg  # only needed when PostgreSQL is: the SQLite suite runs without it
     from psycopg import sql
 
-    server = make_url(os.environ[ENV])
+    server = make_url(server_url or os.environ[ENV])
     admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
     name = f"gbt_{secrets.token_hex(6)}"
     with psycopg.connect(admin, autocommit=True) as connection:
