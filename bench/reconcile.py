@@ -119,8 +119,10 @@ def generate(folder: Path, lines: int, file_lines: int, *, shuffle: bool) -> lis
     return files
 
 
-def prepare_ledger(path: Path, lines: int) -> None:
-    """A ledger whose requests (the job's custom_ids) all await their batch answer."""
+def prepare_ledger(path: Path, lines: int, file_lines: int) -> None:
+    """A ledger whose requests (the job's custom_ids) all await their batch answer, each in
+    the shard whose output file holds its line (shard k: the k-th run of sorted ids) — a batch
+    line counts only for a request still in that line's shard."""
     from state import Ledger
 
     with Ledger.open(path) as ledger:
@@ -131,14 +133,25 @@ def prepare_ledger(path: Path, lines: int) -> None:
     db.execute("PRAGMA synchronous = NORMAL")
     now = time.time()
     sql = ("INSERT INTO requests (custom_id, endpoint, body, status, attempts, tier, prompt_tokens, "
-           "completion_tokens, cost_usd, created_at, updated_at) "
-           "VALUES (?, '/v1/chat/completions', ?, 'submitted', 1, 'batch', 0, 0, 0.0, ?, ?)")
+           "completion_tokens, cost_usd, created_at, updated_at, shard_key) "
+           "VALUES (?, '/v1/chat/completions', ?, 'submitted', 1, 'batch', 0, 0, 0.0, ?, ?, ?)")
+    shards = ("INSERT INTO shards (key, job, path, sha256, lines, bytes, step, created_at, "
+              "updated_at) VALUES (?, ?, '', '', ?, 0, 'settled', ?, ?)")
     ids = sorted(custom_id(i) for i in range(lines))  # as compile inserts them: in key order
+    db.execute("BEGIN")
+    db.executemany(shards, ((shard_of(k), JOB, file_lines, now, now)
+                            for k in range(-(-lines // file_lines))))
+    db.execute("COMMIT")
     for start in range(0, lines, 50_000):
         db.execute("BEGIN")
-        db.executemany(sql, ((cid, body, now, now) for cid in ids[start : start + 50_000]))
+        db.executemany(sql, ((cid, body, now, now, shard_of((start + i) // file_lines))
+                             for i, cid in enumerate(ids[start : start + 50_000])))
         db.execute("COMMIT")
     db.close()
+
+
+def shard_of(number: int) -> str:
+    return f"{JOB}-shard-{number}"
 
 
 # ---------------------------------------------------------------------------------- phases
@@ -181,7 +194,7 @@ def phase_ours(files: list[Path], ledger_path: Path, profile: bool) -> dict[str,
     with Ledger.open(ledger_path) as ledger:
         started = time.perf_counter()
         for number, path in enumerate(files):
-            shard = {"key": f"{JOB}-shard-{number}", "batch_id": f"batch_{number:026d}"}
+            shard = {"key": shard_of(number), "batch_id": f"batch_{number:026d}"}
             if profiler:
                 profiler.enable()
             total.add(apply_file(ledger, path, shard, f"file_{number:026d}", price))
@@ -275,9 +288,9 @@ def main() -> None:
         started = time.perf_counter()
         files = generate(folder, args.lines, args.file_lines, shuffle=args.shuffle)
         size_mb = sum(p.stat().st_size for p in files) / 1e6
-        prepare_ledger(folder / "ledger.sqlite", args.lines)
+        prepare_ledger(folder / "ledger.sqlite", args.lines, args.file_lines)
         if not args.no_ledger_only:
-            prepare_ledger(folder / "ledger-only.sqlite", args.lines)
+            prepare_ledger(folder / "ledger-only.sqlite", args.lines, args.file_lines)
         order = "shuffled within each file" if args.shuffle else "in shard (custom_id) order"
         print(f"{args.lines:,} result lines ({order}) in {len(files)} files of ≤{args.file_lines:,} "
               f"({size_mb:,.0f} MB, {size_mb * 1e6 / args.lines:,.0f} B/line); "
@@ -286,6 +299,20 @@ def main() -> None:
         ours = _child("ours", folder, args.profile)
         only = None if args.no_ledger_only else _child("ledger-only", folder, False)
 
+    # The work must have been done before any figure is printed: a ratio from a run that wrote
+    # nothing is worse than none.
+    problems = []
+    if ours["succeeded"] != args.lines:
+        problems.append(f"{ours['succeeded']:,} of {args.lines:,} requests succeeded")
+    if ours["quarantined"] or ours["duplicates"]:
+        problems.append(f"{ours['quarantined']} quarantined, {ours['duplicates']} duplicates")
+    if ours["lines"] != args.lines or raw["lines"] != args.lines:
+        problems.append(f"read {ours['lines']:,} (ours) and {raw['lines']:,} (raw) lines of "
+                        f"{args.lines:,}")
+    if only is not None and only["lines"] != args.lines:
+        problems.append(f"ledger-only recorded {only['lines']:,} of {args.lines:,}")
+    if problems:
+        sys.exit("work not done, no figures: " + "; ".join(problems))
     raw_rate = raw["lines"] / raw["seconds"]
     ours_rate = ours["lines"] / ours["seconds"]
     print(f"raw orjson.loads + sqlite3 executemany : {raw_rate:>9,.0f} lines/s  "

@@ -46,3 +46,16 @@ def test_the_workers_bench_fails_without_a_ratio_when_nothing_succeeds() -> None
     assert "speed-up" not in result.stdout
     assert "work not done, no figures" in result.stderr
     assert "{'failed': 40} for 40 requests" in result.stderr
+
+
+RECONCILE = BENCH.parent / "reconcile.py"
+
+
+def test_the_reconcile_bench_answers_every_line_before_printing_a_ratio() -> None:
+    """Issue 12: its set-up once wrote nothing (requests in no shard) while it printed a ratio;
+    now every line must be answered first."""
+    result = subprocess.run([sys.executable, str(RECONCILE), "--lines", "3000"],
+                            capture_output=True, text=True, timeout=50, env=clean_env(), check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ledger: 3,000 succeeded, 0 quarantined, 0 duplicates" in result.stdout
+    assert "% of raw" in result.stdout
