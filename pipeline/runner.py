@@ -203,6 +203,7 @@ class _Run:
         if not taken:
             self.compile_waiting = holder
             return False
+        done: str | None = None  # recorded only for a whole compile that finished
         try:
             if only_shards:
                 await anyio.to_thread.run_sync(partial(shard_pending, spec, ledger, self.compiled))
@@ -210,11 +211,11 @@ class _Run:
                 self.compiled = await anyio.to_thread.run_sync(partial(
                     compile_job, spec, ledger, refresh=self.refresh, model=self.model,
                     salt=self.salt))
+                done = self.fingerprint
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(partial(
-                    ledger.unlock, compile_lock(spec.name), worker.id,
-                    done=None if only_shards else self.fingerprint))
+                    ledger.unlock, compile_lock(spec.name), worker.id, done=done))
         self.compile_waiting = None
         return True
 

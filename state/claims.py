@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, or_, select, true, update
+from sqlalchemy import Connection, bindparam, delete, func, or_, select, update
 
 from state import schema as t
 from state.engine import CHUNK_SIZE, Database, chunked
@@ -295,27 +295,27 @@ def reap_dead_local_workers(
 
 
 def stop_worker(db: Database, worker: str) -> None:
-    """A worker is done: it gives up whatever it still holds and is marked stopped."""
+    """A worker is done: it gives up whatever it still holds and is marked stopped.
+
+    An in-flight request it still holds (a run cut short by an error) keeps its owner but its
+    lease ends now: the call's outcome will never be recorded by this worker, so the next one
+    recovers it at once — its attempt given back — instead of after the lease.
+    """
     now = time.time()
     with db.transaction("stop_worker") as connection:
-        for table in (t.shards, t.requests, t.leases):
+        for table in (t.shards, t.leases):
             connection.execute(
-                update(table)
-                .where(table.c.claimed_by == worker, _not_in_flight(table))
+                update(table).where(table.c.claimed_by == worker)
                 .values(claimed_by=None, lease_until=None)
             )
+        connection.execute(
+            update(t.requests).where(t.requests.c.claimed_by == worker)
+            .values(lease_until=now - 1)
+        )
         connection.execute(
             update(t.workers).where(t.workers.c.worker_id == worker).values(stopped_at=now,
                                                                            seen_at=now)
         )
-
-
-def _not_in_flight(table: Any) -> Any:
-    """An in-flight request keeps its (expiring) claim: its call's outcome is unknown, and
-    recovery — after the lease — is what gives its attempt back."""
-    if table is t.requests:
-        return t.requests.c.status != _IN_FLIGHT
-    return true()
 
 
 def workers(db: Database, job: str) -> list[dict[str, Any]]:
