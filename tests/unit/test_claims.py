@@ -149,6 +149,7 @@ def test_a_version_1_ledger_is_migrated_with_its_data(tmp_path: Path) -> None:
         ledger.record_job("job", "h", "{}")
         (key,) = _shards(ledger, 1)
     with sqlite3.connect(path) as db:  # make it what groqbatch 0.1 wrote
+        db.execute("DROP INDEX ix_requests_claimed_by")
         for table, column in (("shards", "claimed_by"), ("shards", "lease_until"),
                               ("requests", "claimed_by"), ("requests", "lease_until"),
                               ("results", "run_id")):
@@ -164,6 +165,8 @@ def test_a_version_1_ledger_is_migrated_with_its_data(tmp_path: Path) -> None:
         assert ledger.lock("compile:job", "job", "w1", lease_s=60)[0]
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        indexes = {row[1] for row in db.execute("PRAGMA index_list(requests)")}
+        assert "ix_requests_claimed_by" in indexes
 
 
 def test_a_shard_whose_requests_another_compile_took_is_not_recorded(ledger: Ledger) -> None:
