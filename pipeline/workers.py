@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 
@@ -30,8 +32,22 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def default_worker_id() -> str:
-    """``host:pid`` — unique among the processes sharing a ledger, and says where to look."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid:xxxx`` — says where to look; the random part keeps it unique where pids
+    repeat (every container's first process is pid 1)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+
+
+def host_identity() -> str:
+    """This machine *and* PID namespace: only a worker recorded with the same identity can be
+    judged dead by its pid being gone. Hostnames alone repeat (containers on the host network,
+    cloned VMs), and a pid means nothing outside its namespace."""
+    parts = [socket.gethostname()]
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(os.readlink(path) if path.endswith("/pid") else Path(path).read_text().strip())
+        except OSError:
+            return ""  # cannot tell: never reap by pid, wait for leases
+    return "|".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +80,15 @@ def pid_alive(pid: int) -> bool:
 
 def register(ledger: Ledger, worker: Worker, job: str, run_id: int) -> None:
     ledger.register_worker(worker.id, job, run_id, lease_s=worker.lease_s,
-                           host=socket.gethostname(), pid=os.getpid())
+                           host=host_identity() or None, pid=os.getpid())
 
 
 def reap_dead_local_workers(ledger: Ledger, worker: Worker, job: str) -> list[str]:
     """Free at once what dead workers of this machine held (see :mod:`state.claims`)."""
-    dead = ledger.reap_dead_local_workers(job, socket.gethostname(), worker.id, pid_alive)
+    host = host_identity()
+    if not host:
+        return []
+    dead = ledger.reap_dead_local_workers(job, host, worker.id, pid_alive)
     for gone in dead:
         log.info("worker %s is gone (its process no longer exists): its claims are free", gone)
     return dead

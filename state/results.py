@@ -135,7 +135,9 @@ def _takes(
     if found is None or found[0] not in AWAITING_ANSWER:
         return False
     if result.shard_key is not None:
-        return result.shard_key == found[1]
+        # Only while its batch is what it awaits: a file read again (a reconcile taken over
+        # after a crash) must not take back a request that a flex call is answering now.
+        return found[0] is RequestStatus.SUBMITTED and result.shard_key == found[1]
     claimed_by = found[2]
     return worker is None or claimed_by is None or claimed_by == worker
 
