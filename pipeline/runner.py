@@ -280,13 +280,18 @@ class _Run:
                                                       deadline_passed=late, worker=worker)
                 flexed.add(round_flexed)
                 steps = count_steps(ledger, spec.name)
-                requests = ledger.request_counts(spec.name)
                 if on_progress := self.on_progress:
                     on_progress(Progress(spec.name, rounds, time.monotonic() - self.started,
-                                         steps, requests, polled.statuses))
+                                         steps, ledger.request_counts(spec.name),
+                                         polled.statuses))
                 in_flight = sum(steps[step] for step in IN_FLIGHT_STEPS)
-                open_requests = sum(requests[status.value] for status in OPEN_REQUESTS)
-                if (in_flight == 0 and requests[RequestStatus.PENDING.value]
+                # Whether anything is left is asked of the open requests only (the status
+                # index), and only once no shard is in flight: a round costs what is still to
+                # do, not what the job holds (issue 12: O(work), not O(job)).
+                still_open = (ledger.open_request_counts(spec.name) if in_flight == 0
+                              else dict.fromkeys((s.value for s in OPEN_REQUESTS), -1))
+                open_requests = sum(still_open[status.value] for status in OPEN_REQUESTS)
+                if (in_flight == 0 and still_open[RequestStatus.PENDING.value]
                         and self.compile_waiting is None):
                     # Rows recorded but not sharded: a compile cut short (or another job's,
                     # for requests both share). Shard them now, under the lock; the next round
@@ -301,6 +306,7 @@ class _Run:
                 changed = bool(polled.changed or round_reconciled.shards or round_flexed.sent
                                or created)
                 await anyio.sleep(interval.next(changed=changed))
+        requests = ledger.request_counts(spec.name)
         summary = RunSummary(
             job=spec.name,
             run_id=self.run_id,

@@ -155,12 +155,11 @@ def recover_expired_requests(db: Database, job: str, reason: str) -> int:
     to retryable. The interrupted call is not a failed attempt — it got neither an answer nor
     an error — so the attempt it counted is given back. Live claims are never touched."""
     now = time.time()
-    wanted = select(t.rows.c.custom_id).where(t.rows.c.job == job)
     statement = (
         update(t.requests)
         .where(
             t.requests.c.status == _IN_FLIGHT,
-            t.requests.c.custom_id.in_(wanted),
+            t.of_job(t.requests.c.custom_id, job),
             or_(t.requests.c.lease_until.is_(None), t.requests.c.lease_until < now),
         )
         .values(
@@ -359,11 +358,10 @@ def _held(connection: Connection, job: str, now: float) -> dict[str, dict[str, i
     )
     for worker, step, count in connection.execute(shard_query):
         add(worker, f"shards:{step}", count)
-    wanted = select(t.rows.c.custom_id).where(t.rows.c.job == job)
     request_query = (
         select(t.requests.c.claimed_by, func.count())
         .where(t.requests.c.status == _IN_FLIGHT, t.requests.c.claimed_by.is_not(None),
-               t.requests.c.lease_until >= now, t.requests.c.custom_id.in_(wanted))
+               t.requests.c.lease_until >= now, t.of_job(t.requests.c.custom_id, job))
         .group_by(t.requests.c.claimed_by)
     )
     for worker, count in connection.execute(request_query):

@@ -24,16 +24,21 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 from sqlalchemy import (
     URL,
+    ColumnElement,
     Connection,
     Engine,
     Insert,
     Table,
     UpdateBase,
+    bindparam,
     create_engine,
     event,
+    func,
     make_url,
+    select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -103,6 +108,26 @@ class Database:
         if self.dialect == "postgresql":
             return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
         return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+
+    def in_list(self, column: ColumnElement[Any], name: str = "ids") -> ColumnElement[bool]:
+        """``column IN (the values bound as name)``; bind them with :meth:`list_param`.
+
+        On SQLite the list travels as one JSON text parameter that ``json_each`` unpacks in
+        the query, which probes ``column``'s index for each value as an ``IN (?, ?, …)``
+        list would. Why: SQLAlchemy's expanding ``IN`` re-renders the statement for every
+        list (5,000 bind names each time), which cost reconcile 12 ms of its 28 ms per
+        5,000-line chunk. PostgreSQL keeps the expanding ``IN``.
+        """
+        if self.dialect == "sqlite":
+            values = func.json_each(bindparam(name)).table_valued("value")
+            return column.in_(select(values.c.value).scalar_subquery())
+        return column.in_(bindparam(name, expanding=True))
+
+    def list_param(self, values: Sequence[Any]) -> Any:
+        """The parameter value of an :meth:`in_list` clause."""
+        if self.dialect == "sqlite":
+            return orjson.dumps(list(values)).decode()
+        return list(values)
 
     def upsert(
         self, table: Table, keys: Sequence[str], columns: Sequence[str], where: Any = None

@@ -8,7 +8,7 @@ insert-if-absent, so a crash between chunks is repaired by running the operation
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -19,7 +19,8 @@ from state.engine import CHUNK_SIZE, PAGE_SIZE, Database, chunked, compress, dec
 from state.records import RequestRecord, RowRecord
 from state.status import RequestStatus, RowStatus
 
-__all__ = ["iter_pending", "iter_shard", "record_requests", "record_rows", "row_ids"]
+__all__ = ["has_rows", "iter_pending", "iter_shard", "record_compiled", "record_requests", "record_rows",
+           "row_ids"]
 
 _OK, _REJECTED = RowStatus.OK.value, RowStatus.REJECTED.value
 _PENDING = RequestStatus.PENDING.value
@@ -84,6 +85,40 @@ def record_requests(db: Database, requests: Iterable[RequestRecord]) -> int:
     return new
 
 
+def record_compiled(db: Database, job: str, rows: Sequence[RowRecord],
+                    requests: Iterable[RequestRecord]) -> int:
+    """See :meth:`state.Ledger.record_compiled`."""
+    add_requests = db.bulk(
+        "inputs.requests",
+        lambda: db.insert_ignore(t.requests, ["custom_id"]),
+        _REQUEST_COLUMNS,
+    )
+    add_rows = db.bulk(
+        "inputs.rows",
+        lambda: db.upsert(t.rows, ["job", "row_key"], _ROW_COLUMNS[2:]),
+        _ROW_COLUMNS,
+    )
+    now = time.time()
+    request_params = [
+        (request.custom_id, request.endpoint, compress(request.body), _PENDING, 0, 0, 0, 0.0,
+         now, now)
+        for request in requests
+    ]
+    request_params.sort(key=_first)  # see record_requests: key order keeps pages neighbours
+    row_params = [
+        (job, row.row_key, row.row_index, row.custom_id,
+         _OK if row.reason is None else _REJECTED, row.reason)
+        for row in rows
+    ]
+    new = 0
+    with db.transaction("record_compiled") as connection:
+        for request_chunk in chunked(request_params, CHUNK_SIZE):
+            new += add_requests.run_new(connection, request_chunk)
+        for row_chunk in chunked(row_params, CHUNK_SIZE):
+            add_rows.run(connection, row_chunk)
+    return new
+
+
 def iter_pending(db: Database, job: str) -> Iterator[tuple[str, bytes]]:
     """See :meth:`state.Ledger.iter_pending`."""
     wanted = exists().where(t.rows.c.custom_id == t.requests.c.custom_id, t.rows.c.job == job)
@@ -110,6 +145,13 @@ def _bodies_by_custom_id(db: Database, operation: str, *where: Any) -> Iterator[
         if len(page) < PAGE_SIZE:
             return
         after = page[-1][0]
+
+
+def has_rows(db: Database, job: str) -> bool:
+    """See :meth:`state.Ledger.has_rows`."""
+    query = select(t.rows.c.row_key).where(t.rows.c.job == job).limit(1)
+    with db.transaction("has_rows", write=False) as connection:
+        return connection.execute(query).first() is not None
 
 
 def row_ids(db: Database, job: str, row_keys: Iterable[str]) -> dict[str, str | None]:

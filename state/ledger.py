@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import orjson
-from sqlalchemy import Update, bindparam, insert, select, update
+from sqlalchemy import Connection, Update, bindparam, insert, select, update
 
 from pipeline.errors import LedgerError
 from state import claims, exports, inputs, reports
@@ -183,6 +183,23 @@ class Ledger:
         """Insert requests not yet in the ledger (as pending); returns how many were new."""
         return inputs.record_requests(self._db, requests)
 
+    def record_compiled(self, job: str, rows: Sequence[RowRecord],
+                        requests: Iterable[RequestRecord]) -> int:
+        """A chunk of compile's pass 1 — the new requests (as pending) and the rows that map to
+        them — in one transaction; returns how many requests were new.
+
+        One transaction for both rather than one each per 5,000: a request's index pages
+        are written to the WAL once per commit, and content-addressed keys scatter over the
+        whole index, so fewer, larger commits write fewer pages (at 100k rows, in 20k-row
+        chunks: 2.4 → 1.7 s of SQLite). Idempotent, like its parts: a crash between chunks is
+        repaired by compiling again.
+        """
+        return inputs.record_compiled(self._db, job, rows, requests)
+
+    def has_rows(self, job: str) -> bool:
+        """Whether any input row of ``job`` is recorded (it has been compiled before)."""
+        return inputs.has_rows(self._db, job)
+
     def answered_ids(self, custom_ids: Iterable[str]) -> set[str]:
         """Those of ``custom_ids`` whose request has succeeded."""
         return reports.answered_ids(self._db, custom_ids)
@@ -240,11 +257,39 @@ class Ledger:
                     "updated_at": now,
                 },
             )
+            if whole and ids:
+                self._enqueue_range(connection, job, shard.key, ids, now)
+                return
             moved = 0
             for chunk in chunked(ids, CHUNK_SIZE):
                 moved += connection.execute(enqueue, {"ids": chunk}).rowcount
             if whole and moved != len(ids):
                 raise _NotWhole(shard.key)
+
+    @staticmethod
+    def _enqueue_range(connection: Connection, job: str, key: str, ids: list[str],
+                       now: float) -> None:
+        """A whole shard's requests pending → queued in one range UPDATE.
+
+        Compile writes a shard from the job's pending requests in custom_id order, so the
+        shard is exactly the job's pending requests between its first and last id — one
+        UPDATE over that range instead of an ``IN`` list per 5,000 ids (at 100k requests,
+        record_shard 1.36 → 0.6 s). The ids it moved are compared with the file's: if they
+        differ (another compile queued some, or a refresh reopened one in between), the
+        transaction is rolled back, as before.
+        """
+        first, last = min(ids), max(ids)
+        statement = (
+            update(t.requests)
+            .where(t.requests.c.custom_id >= first, t.requests.c.custom_id <= last,
+                   t.requests.c.status == RequestStatus.PENDING.value,
+                   t.of_job(t.requests.c.custom_id, job))
+            .values(status=RequestStatus.QUEUED.value, shard_key=key, updated_at=now)
+            .returning(t.requests.c.custom_id)
+        )
+        moved = connection.execute(statement).scalars().all()
+        if len(moved) != len(ids) or set(moved) != set(ids):
+            raise _NotWhole(key)
 
     # ---------------------------------------------------------------- status moves
 
@@ -473,6 +518,12 @@ class Ledger:
     def request_counts(self, job: str | None = None) -> dict[str, int]:
         """Status → number of requests (of one job, through its rows; of all jobs if None)."""
         return reports.request_counts(self._db, job)
+
+    def open_request_counts(self, job: str) -> dict[str, int]:
+        """Status → number of the job's requests not settled yet (pending, queued, submitted,
+        retryable, in_flight). Costs what is open, not what the job holds: "is anything left?"
+        on a finished million-request job reads nothing but the status index."""
+        return reports.open_request_counts(self._db, job)
 
     def request_totals(self, job: str) -> dict[str, float]:
         """Tokens, cost (USD) and attempts summed over the job's requests, as paid so far."""

@@ -74,6 +74,24 @@ def request_counts(db: Database, job: str | None = None) -> dict[str, int]:
     return {str(status): count for status, count in counts.items()}
 
 
+_OPEN = [RequestStatus.PENDING.value, RequestStatus.QUEUED.value, RequestStatus.SUBMITTED.value,
+         RequestStatus.RETRYABLE.value, RequestStatus.IN_FLIGHT.value]
+
+
+def open_request_counts(db: Database, job: str) -> dict[str, int]:
+    """See :meth:`state.Ledger.open_request_counts`."""
+    query = (
+        select(t.requests.c.status, func.count())
+        .where(t.requests.c.status.in_(_OPEN), t.of_job(t.requests.c.custom_id, job))
+        .group_by(t.requests.c.status)
+    )
+    counts = dict.fromkeys(_OPEN, 0)
+    with db.transaction("open_request_counts", write=False) as connection:
+        for status, count in connection.execute(query):
+            counts[status] = count
+    return counts
+
+
 def row_counts(db: Database, job: str) -> dict[str, int]:
     """See :meth:`state.Ledger.row_counts`."""
     query = (
@@ -144,12 +162,11 @@ def iter_requests(
     db: Database, job: str, status: RequestStatus, page_size: int
 ) -> Iterator[OpenRequest]:
     """See :meth:`state.Ledger.iter_requests`."""
-    of_job = select(t.rows.c.custom_id).where(t.rows.c.job == job)
     columns = t.requests.c
     base = (
         select(columns.custom_id, columns.body, columns.attempts, columns.last_error,
                columns.shard_key)
-        .where(columns.status == status.value, columns.custom_id.in_(of_job))
+        .where(columns.status == status.value, t.of_job(columns.custom_id, job))
         .order_by(columns.custom_id)
         .limit(page_size)
     )
@@ -165,10 +182,6 @@ def iter_requests(
         after = page[-1][0]
 
 
-_OPEN = [RequestStatus.PENDING.value, RequestStatus.QUEUED.value, RequestStatus.SUBMITTED.value,
-         RequestStatus.RETRYABLE.value, RequestStatus.IN_FLIGHT.value]
-
-
 def kept_answers(db: Database, job: str) -> int:
     """See :meth:`state.Ledger.kept_answers`."""
     rq, rs = t.requests, t.results
@@ -179,7 +192,7 @@ def kept_answers(db: Database, job: str) -> int:
             rq.c.status.in_(_OPEN),
             rs.c.status_code == 200,
             rs.c.error_json.is_(None),
-            rq.c.custom_id.in_(select(t.rows.c.custom_id).where(t.rows.c.job == job)),
+            t.of_job(rq.c.custom_id, job),
         )
     )
     with db.transaction("kept_answers", write=False) as connection:

@@ -118,7 +118,7 @@ def _record(
                 result.custom_id,
             ))
         if replacing:
-            _keep_history(connection, [row[0] for row in replacing], now)
+            _keep_history(db, connection, [row[0] for row in replacing], now)
             _store_statement(db).run(connection, replacing)
         _keep_statement(db).run(connection, keeping)
         _move_statement(db).run(connection, moves)
@@ -151,12 +151,13 @@ def _statuses(
     query = select(
         t.requests.c.custom_id, t.requests.c.status, t.requests.c.shard_key,
         t.requests.c.claimed_by,
-    ).where(t.requests.c.custom_id.in_(bindparam("ids", expanding=True)))
+    ).where(db.in_list(t.requests.c.custom_id))
     if db.dialect == "postgresql":
         query = query.with_for_update()
     found: dict[str, tuple[RequestStatus, str | None, str | None]] = {}
     for chunk in chunked(custom_ids, CHUNK_SIZE):
-        for custom_id, status, shard_key, claimed_by in connection.execute(query, {"ids": chunk}):
+        rows = connection.execute(query, {"ids": db.list_param(chunk)}).all()
+        for custom_id, status, shard_key, claimed_by in rows:
             found[custom_id] = (_STATUS[status], shard_key, claimed_by)
     return found
 
@@ -170,17 +171,18 @@ _HISTORY_COLUMNS = ("custom_id", "status_code", "body", "error_json", "parsed_js
                     "batch_id", "received_at", "run_id")
 
 
-def _keep_history(connection: Connection, custom_ids: list[str], now: float) -> None:
+def _keep_history(db: Database, connection: Connection, custom_ids: list[str],
+                  now: float) -> None:
     """Copy the earlier answers that the new results of ``custom_ids`` are about to replace
     (a refreshed request answered again) into ``result_history``: nothing paid for is lost."""
     source = select(
         *(t.results.c[name] for name in _HISTORY_COLUMNS), literal(now).label("replaced_at")
     ).where(
-        t.results.c.custom_id.in_(bindparam("ids", expanding=True)), _clean_answer(t.results)
+        db.in_list(t.results.c.custom_id), _clean_answer(t.results)
     )
     statement = insert(t.result_history).from_select([*_HISTORY_COLUMNS, "replaced_at"], source)
     for chunk in chunked(custom_ids, CHUNK_SIZE):
-        connection.execute(statement, {"ids": chunk})
+        connection.execute(statement, {"ids": db.list_param(chunk)})
 
 
 def _store_statement(db: Database) -> BulkWrite:
