@@ -10,7 +10,9 @@ Writes a generated JSONL input to a temp dir, then measures, on the same rows:
 * **compile_job**: the real thing, into a fresh SQLite ledger (rows + requests + shards).
 
 Prints rows/s, MB/s of shard output, the ratio to raw, and peak RSS (ru_maxrss) after each
-phase. No assertions: figures to read, not to gate on (DESIGN.md: compile ≥ 50% of raw).
+phase. Each phase's outcome is checked before its figure is printed — every row written as a
+line, and compile_job's shards holding one line per request, one request per row, with the
+ledger agreeing — otherwise it exits 1 with the reason. Figures to read, not timed asserts.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ def make_spec(folder: Path) -> JobSpec:
     return JobSpec.model_validate(data, context={"base_dir": folder})
 
 
+def not_done(what: str) -> None:
+    sys.exit(f"work not done, no figures: {what}")
+
+
 def bench_raw(source: Path, out: Path) -> tuple[float, int]:
     """Read rows, build the body dict by hand, orjson.dumps, write: the floor."""
     started = time.perf_counter()
@@ -133,6 +139,9 @@ def main() -> None:
         spec = make_spec(folder)
 
         raw_s, raw_bytes = bench_raw(folder / "rows.jsonl", folder / "raw.jsonl")
+        with (folder / "raw.jsonl").open("rb") as written:
+            if (lines := sum(1 for _ in written)) != rows:
+                not_done(f"raw wrote {lines:,} lines for {rows:,} rows")
         (folder / "raw.jsonl").unlink()
         raw_rate = rows / raw_s
         print(
@@ -141,6 +150,12 @@ def main() -> None:
         )
 
         build_s, build_bytes = bench_build(spec, folder / "rows.jsonl", folder / "build")
+        lines = 0
+        for shard in (folder / "build").glob("*.jsonl"):
+            with shard.open("rb") as written:
+                lines += sum(1 for _ in written)
+        if lines != rows:
+            not_done(f"build+shards wrote {lines:,} lines for {rows:,} rows")
         print(
             f"build+shards     : {rows / build_s:10,.0f} rows/s  {build_bytes / 1e6 / build_s:7.1f}"
             f" MB/s  ({build_s:.2f} s)  {rows / build_s / raw_rate:6.1%} of raw"
@@ -151,7 +166,12 @@ def main() -> None:
         started = time.perf_counter()
         with Ledger.open(folder / "ledger.sqlite") as ledger:
             report = compile_job(spec, ledger)
-        compile_s = time.perf_counter() - started
+            compile_s = time.perf_counter() - started
+            queued = ledger.request_counts(spec.name)["queued"]
+        lines = sum(s.lines for s in report.shards)
+        if not (report.unique_requests == lines == queued == rows):
+            not_done(f"compile_job: {report.unique_requests:,} requests, {lines:,} shard lines, "
+                     f"{queued:,} queued for {rows:,} rows")
         shard_bytes = sum(s.bytes for s in report.shards)
         print(
             f"compile_job      : {rows / compile_s:10,.0f} rows/s  {shard_bytes / 1e6 / compile_s:7.1f}"

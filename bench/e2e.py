@@ -3,10 +3,10 @@ same kind of server, interleaved rounds.
 
     .venv/bin/python bench/e2e.py                          # 100,000 rows, 3 rounds
     .venv/bin/python bench/e2e.py --rows 1000000 --rounds 1
-    .venv/bin/python bench/e2e.py --rows 2000 --rounds 1   # a smoke run (the tests run this)
+    .venv/bin/python bench/e2e.py --rows 500 --rounds 1 --time-scale 20 --poll-s 0.1   # smoke run
 
-Each measurement gets a fresh ``groqbatch serve`` (``--throughput`` lines per second, clock at
-real time) in its own process, and runs one tool in a child process, timed from spawn to exit;
+Each measurement gets a fresh ``groqbatch serve`` (``--throughput`` lines per real second; its
+clock at real time unless ``--time-scale``) in its own process, and runs one tool in a child process, timed from spawn to exit;
 its CPU time (user + system) and peak RSS come from ``os.wait4``:
 
 * **bare**: ``bench/bare_sdk.py`` on the official ``openai`` SDK: split into 50,000-line files,
@@ -137,7 +137,10 @@ def check_server(base_url: str, rows: int) -> None:
 
 def measure(tool: str, rows_path: Path, rows: int, folder: Path, args: argparse.Namespace) -> Measurement:
     folder.mkdir(parents=True)
-    server = ServeProcess("--throughput", str(args.throughput), log=folder / "serve.log")
+    # --throughput is per emulated second: lines per real second = throughput x time scale.
+    server = ServeProcess("--time-scale", str(args.time_scale),
+                          "--throughput", str(args.throughput / args.time_scale),
+                          log=folder / "serve.log")
     try:
         server.wait_ready()
         env = clean_env(GROQ_API_KEY=server.api_key)
@@ -181,6 +184,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--throughput", type=float, default=25_000,
                         help="batch lines the server answers per second")
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="the server's emulated seconds per real second (its fixed 2 s of "
+                             "validation and 2 s of finalizing per batch shrink with it)")
     parser.add_argument("--poll-s", type=float, default=0.5, help="both tools' poll interval")
     parser.add_argument("--timeout-s", type=float, default=1800)
     args = parser.parse_args()
@@ -189,7 +195,8 @@ def main() -> int:
         root = Path(tmp)
         rows_path = root / "rows.jsonl"
         generate(rows_path, args.rows)
-        print(f"{args.rows:,} rows, server {args.throughput:,.0f} lines/s, poll {args.poll_s}s")
+        print(f"{args.rows:,} rows, server {args.throughput:,.0f} lines/s"
+              f" (time scale {args.time_scale:g}), poll {args.poll_s}s")
         try:
             for turn in range(args.rounds):
                 for tool in ("bare", "groqbatch") if turn % 2 == 0 else ("groqbatch", "bare"):

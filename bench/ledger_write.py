@@ -6,7 +6,8 @@
 Raw means ``sqlite3.executemany`` of the same rows (same columns, same compressed bodies,
 random content-hash keys, WAL, synchronous=NORMAL, a commit per 5,000 rows) into a table of
 the same shape. DESIGN.md: raw ~70k rows/s with random keys; SQLAlchemy Core about half.
-Prints figures; asserts nothing.
+Prints figures once every request was recorded and every result moved its request; otherwise
+exits 1 with the reason.
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def main() -> None:
             started = time.perf_counter()
             moved = ledger.record_results(_results(ids))
             results_s = time.perf_counter() - started
+    if new != count or moved != count:
+        sys.exit(f"work not done, no figures: {new:,} requests recorded and {moved:,} results "
+                 f"moved of {count:,}")
     print(f"requests: {count:,} (new: {new:,}; results moved: {moved:,})")
     print(f"raw sqlite3 executemany insert : {count / raw_s:>10,.0f} rows/s  ({raw_s:.1f} s)")
     print(

@@ -6,7 +6,9 @@ compile again — and count what would be sent.
 
 Prints, for each compile, the rows, the requests to send, the new / changed / unchanged row
 counts and the time taken. No network: answers are marked in the ledger directly (the second
-compile only asks the ledger which requests are answered). Figures to read, not to gate on.
+compile only asks the ledger which requests are answered). The outcome is checked: the first
+compile must send every row, the second exactly the changed ones; otherwise it exits 1 with
+the reason instead of figures.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def spec_for(folder: Path) -> JobSpec:
     )
 
 
-def compile_once(spec: JobSpec, label: str) -> None:
+def compile_once(spec: JobSpec, label: str) -> int:
     started = time.perf_counter()
     with Ledger.open(spec.ledger_target) as ledger:
         report = compile_job(spec, ledger)
@@ -55,6 +57,7 @@ def compile_once(spec: JobSpec, label: str) -> None:
     print(f"{label}: rows={report.rows:,} to_send={report.to_send:,} new={report.new_rows:,} "
           f"changed={report.changed_rows:,} unchanged={report.unchanged_rows:,} "
           f"shards={len(report.shards)} elapsed_s={elapsed:.1f}", flush=True)
+    return report.to_send
 
 
 def mark_all_answered(ledger_path: str) -> None:
@@ -72,11 +75,18 @@ def main() -> None:
         folder = Path(scratch)
         spec = spec_for(folder)
         write_rows(folder / "rows.jsonl", args.rows, None)
-        compile_once(spec, "first compile ")
+        first = compile_once(spec, "first compile ")
+        if first != args.rows:
+            sys.exit(f"work not done, no figures: the first compile queued {first:,} of {args.rows:,}")
         mark_all_answered(spec.ledger_target)
         every = max(1, round(100 / args.changed_pct)) if args.changed_pct > 0 else None
         write_rows(folder / "rows.jsonl", args.rows, every)
-        compile_once(spec, "after changes ")
+        changed = len(range(0, args.rows, every)) if every else 0
+        second = compile_once(spec, "after changes ")
+        if second != changed:
+            sys.exit(f"work not done: {second:,} requests to send after changing {changed:,} rows")
+        print(f"sent again: {second:,} of {args.rows:,} rows ({second / args.rows:.2%}), "
+              f"exactly the changed ones")
 
 
 if __name__ == "__main__":

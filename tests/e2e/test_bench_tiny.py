@@ -59,3 +59,40 @@ def test_the_reconcile_bench_answers_every_line_before_printing_a_ratio() -> Non
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ledger: 3,000 succeeded, 0 quarantined, 0 duplicates" in result.stdout
     assert "% of raw" in result.stdout
+
+
+BENCH_DIR = BENCH.parent
+
+
+def run_script(name: str, *args: str, timeout_s: float = 50) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(BENCH_DIR / name), *args], capture_output=True,
+                          text=True, timeout=timeout_s, env=clean_env(), check=False)
+
+
+def test_the_compile_bench_checks_every_row_became_a_queued_line() -> None:
+    result = run_script("compile.py", "--rows", "2000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "compile_job" in result.stdout and "% of raw" in result.stdout
+    assert "2,000 requests, 1 shards" in result.stdout
+
+
+def test_the_ledger_write_bench_checks_every_request_and_result() -> None:
+    result = run_script("ledger_write.py", "2000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "requests: 2,000 (new: 2,000; results moved: 2,000)" in result.stdout
+
+
+def test_the_reprocess_bench_checks_only_the_changed_rows_are_sent() -> None:
+    result = run_script("reprocess.py", "--rows", "2000", "--changed-pct", "5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "sent again: 100 of 2,000 rows (5.00%), exactly the changed ones" in result.stdout
+
+
+def test_the_e2e_bench_checks_both_tools_answered_every_row_once() -> None:
+    result = run_script("e2e.py", "--rows", "300", "--rounds", "1", "--time-scale", "20",
+                        "--poll-s", "0.1", timeout_s=55)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any("bare" in line and "all 300 answered once" in line for line in lines), result.stdout
+    assert any("groqbatch" in line and "all 300 answered once" in line for line in lines)
+    assert lines[-1].startswith("groqbatch / bare: wall "), result.stdout
