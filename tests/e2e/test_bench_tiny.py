@@ -72,7 +72,8 @@ def run_script(name: str, *args: str, timeout_s: float = 50) -> subprocess.Compl
 def test_the_compile_bench_checks_every_row_became_a_queued_line() -> None:
     result = run_script("compile.py", "--rows", "2000")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "compile_job" in result.stdout and "% of raw" in result.stdout
+    assert "compile_job" in result.stdout
+    assert "% of raw" in result.stdout
     assert "2,000 requests, 1 shards" in result.stdout
 
 
