@@ -40,7 +40,7 @@ class CliCommand:
 
 def cli_commands(group: click.Group = main) -> Iterator[CliCommand]:
     """The top command and every subcommand, depth first, in alphabetical order."""
-    root = click.Context(group, info_name=PROG)
+    root = click.Context(group, info_name=PROG, **group.context_settings)
     yield CliCommand(PROG, group, root)
     yield from _subcommands(group, root)
 
@@ -50,17 +50,19 @@ def _subcommands(group: click.Group, parent: click.Context) -> Iterator[CliComma
         command = group.get_command(parent, name)
         if command is None or command.hidden:
             continue
-        context = click.Context(command, info_name=name, parent=parent)
+        context = click.Context(command, info_name=name, parent=parent,
+                                **command.context_settings)
         yield CliCommand(context.command_path, command, context)
         if isinstance(command, click.Group):
             yield from _subcommands(command, context)
 
 
-def options(command: click.Command) -> list[click.Option]:
-    """The options a user can give (``--help`` included), in the order ``--help`` lists them."""
-    return [param for param in command.params if isinstance(param, click.Option)
-            and not param.hidden] + [command.get_help_option(click.Context(command))
-                                     or click.Option(["--help"])]
+def options(command: click.Command, context: click.Context) -> list[click.Option]:
+    """The options a user can give, ``--help`` last, as ``--help`` lists them."""
+    given = [param for param in command.params
+             if isinstance(param, click.Option) and not param.hidden]
+    help_option = command.get_help_option(context)
+    return given + ([help_option] if help_option is not None else [])
 
 
 def _help_text(command: click.Command) -> str:
@@ -83,7 +85,7 @@ def render_command(item: CliCommand) -> str:
                 if sub.context.parent is context]
         out += ["Commands: " + ", ".join(subs) + ".", ""]
     rows = []
-    for option in options(command):
+    for option in options(command, context):
         record = option.get_help_record(context)
         if record is None:
             continue

@@ -195,6 +195,10 @@ def _variant_keys(models: list[type[BaseModel]], prefix: str, table: str) -> Ite
         yield from _field_keys(name, field, prefix, table, only_for)
 
 
+#: Defaults written as words, not as config values.
+_PLAIN_DEFAULTS = ("required", "not set", "(its table)")
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -210,12 +214,11 @@ def render_config_reference(keys: list[ConfigKey] | None = None) -> str:
         out += [f"### `{table}`" if table != "(top level)" else "### Top level", ""]
         out += ["| key | type | default | description |", "| --- | --- | --- | --- |"]
         for key in rows:
+            name = f'<a id="{key.anchor}"></a><code>{key.path.replace(".", ".<wbr>")}</code>'
+            default = key.default if key.default in _PLAIN_DEFAULTS else f"`{key.default}`"
             note = f"*Only with `{key.only_for}`.* " if key.only_for else ""
-            out.append(
-                f'| <a id="{key.anchor}"></a>`{key.path}` | {_cell(key.type)} '
-                f"| {_cell('`' + key.default + '`' if key.default not in ('required', 'not set', '(its table)') else key.default)} "
-                f"| {_cell(note + key.description)} |"
-            )
+            out.append(f"| {name} | {_cell(key.type)} | {_cell(default)} "
+                       f"| {_cell(note + key.description)} |")
         out.append("")
     return "\n".join(out)
 
