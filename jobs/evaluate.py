@@ -81,10 +81,18 @@ _FUNCTION_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 class _Scorer(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: ScorerName | None = None
-    """The scorer's name in the ledger and the report. Default: its ``kind``."""
-    reference: str | None = Field(default=None, min_length=1)
-    """The reference column for this scorer. Default: ``[evaluate].reference``."""
+    name: ScorerName | None = Field(
+        default=None,
+        description="The scorer's name in the ledger and in `groqbatch report` (letters, "
+        "digits, `_`, `.`, `-`; at most 64). Default: its `kind`. Names must differ within "
+        "a job.",
+    )
+    reference: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The input column this scorer compares with. Default: "
+        "`[evaluate].reference`.",
+    )
 
     @property
     def label(self) -> str:
@@ -96,25 +104,42 @@ class _Scorer(BaseModel):
 class ExactScorer(_Scorer):
     """1 when the answer equals the reference, both stripped of surrounding whitespace."""
 
-    kind: Literal["exact"]
+    kind: Literal["exact"] = Field(
+        description='`"exact"`: 1 when the answer equals the reference, both stripped of '
+        "surrounding whitespace, else 0."
+    )
 
 
 class NormalizedScorer(_Scorer):
     """1 when the answer equals the reference ignoring case, whitespace and punctuation."""
 
-    kind: Literal["normalized"]
+    kind: Literal["normalized"] = Field(
+        description='`"normalized"`: 1 when the answer equals the reference ignoring case, '
+        "whitespace and punctuation (after NFKC normalisation), else 0."
+    )
 
 
 class RegexScorer(_Scorer):
     """1 when the answer matches ``pattern`` (``re.search``); with no ``pattern``, the row's
     reference is the pattern (so each row can say what it accepts)."""
 
-    kind: Literal["regex"]
-    pattern: str | None = None
-    """A Python regular expression, checked when the config loads."""
-    ignore_case: bool = False
-    fullmatch: bool = False
-    """The whole (stripped) answer must match, not just a part of it."""
+    kind: Literal["regex"] = Field(
+        description='`"regex"`: 1 when `pattern` (else the row\'s reference, as a pattern) '
+        "is found in the answer (`re.search`), else 0."
+    )
+    pattern: str | None = Field(
+        default=None,
+        description="A Python regular expression, compiled when the config loads. Default: "
+        "each row's reference is its pattern.",
+    )
+    ignore_case: bool = Field(
+        default=False, description="Match ignoring case (`re.IGNORECASE`)."
+    )
+    fullmatch: bool = Field(
+        default=False,
+        description="The whole answer, stripped of surrounding whitespace, must match — not "
+        "just a part of it.",
+    )
 
     @field_validator("pattern", mode="after")
     @classmethod
@@ -131,17 +156,30 @@ class JsonFieldScorer(_Scorer):
     """1 when the answer, parsed as JSON (a fenced ```json block too), has ``field`` equal to
     the reference. ``field`` is a dotted path; list items by index (``items.0.name``)."""
 
-    kind: Literal["json_field"]
-    field: str = Field(min_length=1)
+    kind: Literal["json_field"] = Field(
+        description='`"json_field"`: 1 when the answer, parsed as JSON (a fenced `json` code '
+        "block too), holds a value at `field` equal to the reference, else 0."
+    )
+    field: str = Field(
+        min_length=1,
+        description="A dotted path into the parsed answer (`city.name`); list items by "
+        "index (`items.0.name`).",
+    )
 
 
 class NumericScorer(_Scorer):
     """1 when the first number in the answer is within ``tolerance`` of the reference
     (``1,234.5`` and ``-3e2`` are read; a reference may be a number or text holding one)."""
 
-    kind: Literal["numeric"]
-    tolerance: float = Field(default=0.0, ge=0)
-    """The largest absolute difference that still scores 1."""
+    kind: Literal["numeric"] = Field(
+        description='`"numeric"`: 1 when the first number in the answer (`1,234.5` and '
+        "`-3e2` are read) is within `tolerance` of the reference, else 0."
+    )
+    tolerance: float = Field(
+        default=0.0,
+        ge=0,
+        description="The largest absolute difference that still scores 1. Default 0: equal.",
+    )
 
 
 class CallableScorer(_Scorer):
@@ -149,9 +187,15 @@ class CallableScorer(_Scorer):
     returns a bool or a float in [0, 1]. The module is imported when the config loads, with
     the config's folder first on the import path."""
 
-    kind: Literal["callable"]
-    function: str
-    """``package.module:function``."""
+    kind: Literal["callable"] = Field(
+        description='`"callable"`: your function decides; it returns a bool or a float in '
+        "[0, 1]."
+    )
+    function: str = Field(
+        description='`"package.module:function"`, called as `function(answer, reference, '
+        "row)`. Imported when the config loads, the config's folder first on the import path; "
+        "one that cannot be imported or does not take three arguments is a config error."
+    )
 
     _function: ScorerFunction | None = PrivateAttr(default=None)
 
@@ -214,10 +258,15 @@ class EvaluateSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    reference: str = Field(min_length=1)
-    """The input column holding each row's expected answer."""
-    scorers: tuple[ScorerSpec, ...]
-    """One or more scorers, each a table with a ``kind``."""
+    reference: str = Field(
+        min_length=1,
+        description="The input column holding each row's expected answer. A row with no "
+        "value there is left out of the means.",
+    )
+    scorers: tuple[ScorerSpec, ...] = Field(
+        description="One or more `[[evaluate.scorers]]` tables, each with a `kind`: "
+        "`exact`, `normalized`, `regex`, `json_field`, `numeric` or `callable`."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> EvaluateSpec:

@@ -106,18 +106,38 @@ class _Table(BaseModel):
 class FallbackSpec(_Table):
     """``[policy.fallback]``: what the batch path leaves undone goes through sync calls."""
 
-    enabled: bool = True
-    """Run the flex fallback at all. When false, leftovers stay retryable in the ledger."""
-    triggers: tuple[FallbackTrigger, ...] = ALL_TRIGGERS
-    """Which leftovers go to the fallback: ``expired``, ``failed``, ``cancelled`` batches,
-    ``retryable_errors`` (error lines worth retrying), ``missing`` lines, and everything
-    still open at the ``deadline``."""
-    service_tier: Literal["flex", "auto", "on_demand"] = "flex"
-    """The tier of the synchronous calls. ``flex`` costs the same as on-demand (in beta)."""
-    max_attempts: int = Field(default=3, ge=1, le=20)
-    """Attempts per request on the fallback path, including the first."""
-    concurrency: int = Field(default=8, ge=1, le=256)
-    """Requests in flight at once."""
+    enabled: bool = Field(
+        default=True,
+        description="Run the fallback at all. When false, what the batches leave undone "
+        "stays retryable in the ledger, and the summary says how many.",
+    )
+    triggers: tuple[FallbackTrigger, ...] = Field(
+        default=ALL_TRIGGERS,
+        description="Which leftovers go to the fallback: lines of `expired`, `failed` "
+        "(failed validation) and `cancelled` batches, `retryable_errors` (408/409/429/498/5xx "
+        "error lines), `missing` lines, and everything still open at the `deadline`. Default: "
+        "all six. Requests under a trigger that is off stay retryable.",
+    )
+    service_tier: Literal["flex", "auto", "on_demand"] = Field(
+        default="flex",
+        description="The `service_tier` of the synchronous calls. `flex` is priced as "
+        "on-demand and may answer 498 when at capacity (retried with backoff).",
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Fallback calls per request, the first included (1-20); then the "
+        "request fails with its last error. Within one run a 429 does not count, and a call "
+        "cut off by a crash never does.",
+    )
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Fallback calls in flight at once, per worker (1-256). Calls are also "
+        "held back while the rate-limit headers say the window is spent.",
+    )
 
     @field_validator("triggers", mode="after")
     @classmethod
@@ -128,46 +148,108 @@ class FallbackSpec(_Table):
 class BudgetSpec(_Table):
     """``[policy.budget]``: a job-wide ceiling. When spent, the rest stays retryable."""
 
-    max_requests: int | None = Field(default=None, ge=1)
-    """Requests that may be sent (batch lines plus fallback calls)."""
-    max_tokens: int | None = Field(default=None, ge=1)
-    """Prompt plus completion tokens, as reported by the API."""
-    max_dollars: float | None = Field(default=None, gt=0)
-    """USD, priced from ``configs/prices.toml``."""
-    expected_completion_tokens: int | None = Field(default=None, ge=1)
-    """Completion tokens per request assumed by ``plan`` when estimating cost. Not sent.
-    Defaults to ``[prompt].max_completion_tokens``, else 256."""
+    max_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests the job may send in all runs, batch lines plus fallback calls. "
+        "Checked before each fallback call: the one that would go over is not sent, and the "
+        "rest stays retryable. Default: no limit.",
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Prompt plus completion tokens the job may use, as the API reported "
+        "them, job-wide. Default: no limit.",
+    )
+    max_dollars: float | None = Field(
+        default=None,
+        gt=0,
+        description="USD the job may spend, priced from `configs/prices.toml` (or the table "
+        "`$GROQBATCH_PRICES` names): batch lines at 50% off, fallback calls at the on-demand "
+        "price. Refused (exit 2) for a model the table does not price. Default: no limit.",
+    )
+    expected_completion_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Completion tokens per request that `plan` assumes when estimating "
+        "tokens and cost; never sent. Default: `[prompt].max_completion_tokens`, else 256.",
+    )
 
 
 class PolicySpec(_Table):
     """``[policy]``: windows, shard sizes, polling, deadline, fallback and budget."""
 
-    completion_window: str = "24h"
-    """The batch window, ``24h`` to ``7d`` (written in hours ``"48h"`` or days ``"3d"``)."""
-    max_lines_per_shard: int = Field(default=BATCH_MAX_LINES, ge=1, le=BATCH_MAX_LINES)
-    """Lines per batch file, at most 50,000."""
-    max_bytes_per_shard: int = Field(default=DEFAULT_SHARD_BYTES, ge=1024, le=BATCH_MAX_BYTES)
-    """Bytes per batch file: a number, or ``"100MB"``. Default 100 MB, at most 200 MB."""
-    poll_interval_min_s: float = Field(default=5.0, gt=0)
-    """The first (shortest) wait between polls, in seconds."""
-    poll_interval_max_s: float = Field(default=300.0, gt=0)
-    """The longest wait between polls; waits grow from min to max while nothing changes."""
-    deadline: timedelta | datetime | None = None
-    """When to stop waiting for batches and hand what is open to the fallback: a duration
-    from the run's start (``"36h"``) or an ISO datetime with a UTC offset."""
-    mode: Literal["batch", "sync"] = "batch"
-    """``batch``: through the Batch API. ``sync``: straight through the fallback path."""
-    cache: bool = True
-    """Reuse answers already in the ledger for identical requests (by ``custom_id``). With
-    ``false``, every run salts its ids with its identity (``--run-name``, else the run id), so
-    each run asks afresh — what an evaluation wants (see :mod:`pipeline.evaluate`)."""
-    retry_invalid_output: int = Field(default=0, ge=0, le=20)
-    """When an answer does not parse or fit the output schema (or Groq answers 400
-    ``json_validate_failed``): 0 fails the request with ``invalid_output: <reason>``; N sends it
-    again through the fallback while it has made at most N attempts in all (so at most N
-    retries), within ``[policy.fallback].max_attempts``."""
-    fallback: FallbackSpec = FallbackSpec()
-    budget: BudgetSpec = BudgetSpec()
+    completion_window: str = Field(
+        default="24h",
+        description="The batches' `completion_window`, `24h` to `7d`, written in hours "
+        '(`"48h"`) or days (`"3d"`). A batch not finished by then expires; its unanswered '
+        "lines go to the fallback (trigger `expired`).",
+    )
+    max_lines_per_shard: int = Field(
+        default=BATCH_MAX_LINES,
+        ge=1,
+        le=BATCH_MAX_LINES,
+        description="Lines per batch file (one batch each), at most 50,000 (Groq's limit).",
+    )
+    max_bytes_per_shard: int = Field(
+        default=DEFAULT_SHARD_BYTES,
+        ge=1024,
+        le=BATCH_MAX_BYTES,
+        description='Bytes per batch file: a number, or a size such as `"100MB"` or '
+        '`"64MiB"`. Default 100 MB, at most 200 MB. A single request larger than this '
+        "rejects its row.",
+    )
+    poll_interval_min_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds of the first (shortest) wait between polls of the job's "
+        "batches; the wait doubles while nothing changes.",
+    )
+    poll_interval_max_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds of the longest wait between polls; not below "
+        "`poll_interval_min_s`.",
+    )
+    deadline: timedelta | datetime | None = Field(
+        default=None,
+        description='When to stop waiting for batches: a duration from the job\'s first run '
+        '(`"36h"`) or an ISO datetime with a UTC offset. Past it (with the fallback on and its '
+        "`deadline` trigger) nothing new is submitted, unsubmitted shards are dropped, in-flight batches are cancelled and reconciled, and "
+        "what is still open goes to the fallback (trigger `deadline`). Default: none.",
+    )
+    mode: Literal["batch", "sync"] = Field(
+        default="batch",
+        description="`batch`: through the Batch API, the fallback finishing what it leaves. "
+        "`sync`: skip batches; every request goes straight to the synchronous fallback path.",
+    )
+    cache: bool = Field(
+        default=True,
+        description="Answer requests already answered in the ledger (same `custom_id`) "
+        "from it instead of sending them. With `false`, every run salts its ids with its "
+        "identity (`--run-name`, else the run id), so each run asks afresh — what an "
+        "evaluation wants.",
+    )
+    retry_invalid_output: int = Field(
+        default=0,
+        ge=0,
+        le=20,
+        description="When an answer does not parse or fit the output schema (or Groq "
+        "answers 400 `json_validate_failed`): 0 fails the request with "
+        "`invalid_output: <reason>`; N sends it again through the fallback while it has made "
+        "at most N attempts in all (so at most N retries), within "
+        "`[policy.fallback].max_attempts`.",
+    )
+    fallback: FallbackSpec = Field(
+        default=FallbackSpec(),
+        description="`[policy.fallback]`: what the batch path leaves undone is finished with "
+        "synchronous calls on the flex tier.",
+    )
+    budget: BudgetSpec = Field(
+        default=BudgetSpec(),
+        description="`[policy.budget]`: job-wide ceilings, counting every run and worker; "
+        "when the next call would go over, the run stops cleanly with the rest retryable.",
+    )
 
     @field_validator("completion_window", mode="after")
     @classmethod

@@ -97,7 +97,10 @@ def load_model_class(ref: str, base_dir: str) -> type[BaseModel]:
 class TextFormat(_Table):
     """``{ type = "text" }``: plain text answers (the API's default)."""
 
-    type: Literal["text"]
+    type: Literal["text"] = Field(
+        description='`"text"`: plain text answers, nothing checked (the same as no '
+        "`response_format`)."
+    )
 
     def wire(self, base_dir: Path) -> dict[str, Any]:
         return {"type": "text"}
@@ -106,7 +109,10 @@ class TextFormat(_Table):
 class JsonObjectFormat(_Table):
     """``{ type = "json_object" }`` (or just ``"json_object"``): JSON mode, any object."""
 
-    type: Literal["json_object"]
+    type: Literal["json_object"] = Field(
+        description='`"json_object"` (or just `response_format = "json_object"`): JSON mode; '
+        "an answer that is not a JSON object is an invalid output."
+    )
 
     def wire(self, base_dir: Path) -> dict[str, Any]:
         return {"type": "json_object"}
@@ -116,17 +122,40 @@ class JsonSchemaFormat(_Table):
     """``{ type = "json_schema", name = "...", schema = {...} }``, or ``model = "mod:Class"``
     instead of ``schema`` to use a pydantic model's ``model_json_schema()``."""
 
-    type: Literal["json_schema"]
-    name: str = Field(default="response", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    """The schema's name, as the API wants it."""
-    description: str | None = None
-    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
-    """The JSON schema, inline."""
-    model: str | None = None
-    """A pydantic model ``"module:Class"`` whose schema is used (instead of ``schema``)."""
-    strict: bool | None = None
-    """Constrained decoding on models that support it (all fields required,
-    ``additionalProperties: false``)."""
+    type: Literal["json_schema"] = Field(
+        description='`"json_schema"`: structured outputs; every answer must be JSON that '
+        "fits the schema given by `schema` or `model`."
+    )
+    name: str = Field(
+        default="response",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="The schema's name, sent as `json_schema.name`: 1-64 letters, digits, "
+        "`_` or `-`.",
+    )
+    description: str | None = Field(
+        default=None,
+        description="Sent as `json_schema.description`: tells the model what the schema is "
+        "for. Default: not sent.",
+    )
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        alias="schema",
+        description="The JSON schema, inline (a TOML table, YAML mapping or JSON object). "
+        "Answers are validated against it with the draft its `$schema` names, else 2020-12. "
+        "Give exactly one of `schema` and `model`.",
+    )
+    model: str | None = Field(
+        default=None,
+        description='A pydantic model, `"module:Class"`, whose `model_json_schema()` is sent '
+        "and whose `model_validate_json` checks each answer (the config's folder is searched "
+        "first when importing). Instead of `schema`.",
+    )
+    strict: bool | None = Field(
+        default=None,
+        description="Sent as `json_schema.strict`: constrained decoding on models that "
+        "support it (every property required, `additionalProperties: false`). Default: not "
+        "sent.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> JsonSchemaFormat:
@@ -161,28 +190,81 @@ ResponseFormat = Annotated[
 class PromptSpec(_Table):
     """``[prompt]``: the messages of each request, and the parameters sent with them."""
 
-    system: str | None = None
-    """The system message template."""
-    user: str
-    """The user message template."""
-    images: list[str] = Field(default=[], max_length=5)
-    """Templates that give image URLs (``https://`` or ``data:image/...;base64,``), sent as
-    ``image_url`` parts of the user message; at most 5. One that renders empty is left out."""
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    """A stop sequence, or up to 4."""
-    reasoning_effort: Literal["none", "default", "low", "medium", "high"] | None = None
-    """``none``/``default`` for Qwen 3; ``low``/``medium``/``high`` for GPT-OSS."""
-    reasoning_format: Literal["parsed", "raw", "hidden"] | None = None
-    include_reasoning: bool | None = None
-    """Return the ``reasoning`` field (GPT-OSS). Not together with ``reasoning_format``."""
-    response_format: ResponseFormat | None = None
-    extra_body: dict[str, Any] = {}
-    """Any other body field, sent as is (``tools``, ``tool_choice``, ...). It cannot set
-    ``model``, ``messages``, ``stream``, ``service_tier``, a field above, or ``n`` other than 1."""
+    system: str | None = Field(
+        default=None,
+        description="The system message, a Jinja2 template over the row's columns. Default: "
+        "no system message.",
+    )
+    user: str = Field(
+        description="The user message, a Jinja2 template over the row's columns (sandboxed, "
+        'no HTML escaping; `row["a b"]` for a column whose name is not an identifier). A '
+        "column the row lacks rejects that row, with the reason kept in the ledger."
+    )
+    images: list[str] = Field(
+        default=[],
+        max_length=5,
+        description="Templates that give image URLs (`https://…` or "
+        "`data:image/…;base64,…`), sent as `image_url` parts of the user message, for vision "
+        "models; at most 5. One that renders empty is left out.",
+    )
+    temperature: float | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        description="Sampling temperature, 0 to 2. Default: not sent (the model's default).",
+    )
+    top_p: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Nucleus sampling, 0 to 1. Default: not sent.",
+    )
+    max_completion_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="The most tokens an answer may have; leave room for the whole answer, "
+        "since a JSON answer cut off here is an invalid output. `plan` estimates completion "
+        "tokens with it when `[policy.budget].expected_completion_tokens` is not set. "
+        "Default: not sent.",
+    )
+    seed: int | None = Field(
+        default=None,
+        description="Sent as `seed`: asks the model for repeatable sampling. Default: not "
+        "sent.",
+    )
+    stop: str | list[str] | None = Field(
+        default=None,
+        description="A stop sequence, or a list of 1 to 4. Default: not sent.",
+    )
+    reasoning_effort: Literal["none", "default", "low", "medium", "high"] | None = Field(
+        default=None,
+        description="`none`/`default` for Qwen 3; `low`/`medium`/`high` for GPT-OSS. "
+        "Default: not sent.",
+    )
+    reasoning_format: Literal["parsed", "raw", "hidden"] | None = Field(
+        default=None,
+        description="How a reasoning model returns its reasoning: `parsed` (a separate "
+        "`reasoning` field), `raw` (in the content) or `hidden`. Not together with "
+        "`include_reasoning`. Default: not sent.",
+    )
+    include_reasoning: bool | None = Field(
+        default=None,
+        description="Return the `reasoning` field (GPT-OSS). Not together with "
+        "`reasoning_format`. Default: not sent.",
+    )
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description='The output schema: `"text"`, `"json_object"`, or a table with '
+        '`type = "json_schema"`. Every answer is checked against it when it arrives; one that '
+        "does not parse or fit is an invalid output (see `[policy].retry_invalid_output`). "
+        "Default: text, nothing checked.",
+    )
+    extra_body: dict[str, Any] = Field(
+        default={},
+        description="Any other body field, sent as is (`tools`, `tool_choice`, …). It cannot "
+        "set `model`, `messages`, `stream`, `service_tier`, `response_format` or a key of "
+        "this table, and `n` only as 1.",
+    )
 
     @field_validator("system", "user", "images", mode="after")
     @classmethod

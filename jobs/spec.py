@@ -87,23 +87,44 @@ class _Table(BaseModel):
 class InputSpec(_Table):
     """``[input]``: the dataset, one request per row."""
 
-    path: str = Field(min_length=1)
-    """The data file, relative to the config file's folder."""
-    format: DataFormat | None = None
-    """``jsonl``, ``csv`` or ``parquet``; by default from the file's suffix. Parquet needs the
-    ``groqbatch[parquet]`` extra (pyarrow)."""
-    id_column: str | None = None
-    """The column that identifies a row. Without it a row's key is a hash of its content."""
-    on_duplicate_id: Literal["error", "first", "last"] = "error"
-    """What two rows with the same ``id_column`` value mean. ``error`` (the default): the input
-    is wrong, and ``validate``, ``plan`` and ``run`` stop naming both lines. ``first`` /
-    ``last``: the first / last such row is the one used (compiled, exported); the others are
-    left out and counted as ``duplicate_rows``. Without an ``id_column``, identical rows are
-    one row and this does nothing."""
-    limit: int | None = Field(default=None, ge=1)
-    """Use only the first N rows (after ``where``): for trial runs."""
-    where: dict[str, Scalar | list[Scalar]] = {}
-    """Keep only rows whose columns equal these values (a list means "any of")."""
+    path: str = Field(
+        min_length=1,
+        description="The input data file, relative to the config file's folder (`~` is "
+        "expanded). Each row becomes one request; the file is streamed, never read whole.",
+    )
+    format: DataFormat | None = Field(
+        default=None,
+        description="`jsonl`, `csv` or `parquet`. Default: from the file's suffix (`.jsonl` or "
+        "`.ndjson`, `.csv`, `.parquet`); a file with any other suffix needs it. Parquet needs "
+        "the `groqbatch[parquet]` extra (pyarrow).",
+    )
+    id_column: str | None = Field(
+        default=None,
+        description="The column that identifies a row: its value is the row's key in the "
+        "ledger and in exports (`groqbatch_row_key`), so a changed row is recognised as "
+        "changed. Without it a row's key is a hash of its content, and an edited row is a new "
+        "row.",
+    )
+    on_duplicate_id: Literal["error", "first", "last"] = Field(
+        default="error",
+        description="What two rows with the same `id_column` value mean. `error` (the "
+        "default): the input is wrong, and `validate`, `plan` and `run` stop (exit 2) naming "
+        "both lines. `first` / `last`: the first / last such row is the one used (compiled, "
+        "exported); the others are left out and counted as `duplicate_rows`. Without an "
+        "`id_column`, identical rows are one row and this does nothing.",
+    )
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="Use only the first N rows that pass `where`, for a trial run. Default: "
+        "every row.",
+    )
+    where: dict[str, Scalar | list[Scalar]] = Field(
+        default={},
+        description='Keep only rows whose columns equal these values; a list means "any of" '
+        '(`where = { lang = ["en", "de"] }`). Plain equality: nothing is evaluated. Default: '
+        "every row is kept.",
+    )
 
     @model_validator(mode="after")
     def _known_format(self) -> InputSpec:
@@ -130,11 +151,17 @@ class InputSpec(_Table):
 class OutputSpec(_Table):
     """``[output]``: where results joined to input rows are exported."""
 
-    path: str | None = None
-    """The export file, relative to the config file's folder. Default
-    ``<workdir>/results.jsonl``."""
-    format: DataFormat | None = None
-    """``jsonl``, ``csv`` or ``parquet``; by default from the path's suffix."""
+    path: str | None = Field(
+        default=None,
+        description="Where `groqbatch export` writes the results joined to the input rows, "
+        "relative to the config file's folder. Default `<workdir>/results.jsonl`. "
+        "`export -o PATH` overrides it.",
+    )
+    format: DataFormat | None = Field(
+        default=None,
+        description="`jsonl`, `csv` or `parquet`. Default: from the path's suffix. "
+        "`export --format` overrides it; Parquet needs the `groqbatch[parquet]` extra.",
+    )
 
     @model_validator(mode="after")
     def _known_format(self) -> OutputSpec:
@@ -152,50 +179,114 @@ class LocalServerSpec(_Table):
     ``groqbatch serve`` instead, and these settings are that server's business.
     """
 
-    time_scale: float = Field(3600.0, gt=0)
-    """Emulated seconds per real second: 3600 lets a 24 h window pass in 24 s."""
-    throughput_lines_per_s: float = Field(100.0, gt=0)
-    """Batch lines the server runs per emulated second, per batch."""
-    scenario: str | None = None
-    """A fault scenario file (TOML, YAML or JSON), relative to the config's folder."""
-    data_dir: str | None = None
-    """Where the in-process server keeps its state. Default ``<workdir>/local-server``."""
+    time_scale: float = Field(
+        3600.0,
+        gt=0,
+        description="Emulated seconds per real second on the in-process server's virtual "
+        "clock: the default 3600 lets a `24h` completion window pass in 24 real seconds. Only "
+        "for `backend = \"local\"` without a `base_url`.",
+    )
+    throughput_lines_per_s: float = Field(
+        100.0,
+        gt=0,
+        description="Batch lines the in-process server answers per emulated second, in each "
+        "batch (at the default `time_scale`, 100 is 360,000 lines per real second). Lower it "
+        "to watch batches progress or to make them expire. Only for `backend = \"local\"` "
+        "without a `base_url`.",
+    )
+    scenario: str | None = Field(
+        default=None,
+        description="A fault scenario file (TOML, YAML or JSON; see the local server page), "
+        "relative to the config's folder: errors, storms, expiry, broken lines and downloads "
+        "the in-process server then produces, seeded. Default: no faults. Only for "
+        "`backend = \"local\"` without a `base_url`.",
+    )
+    data_dir: str | None = Field(
+        default=None,
+        description="Where the in-process server keeps its files, batches, adapters and "
+        "clock, so a later `groqbatch run` finds them, still progressing. Relative to the "
+        "config's folder. Default `<workdir>/local-server`.",
+    )
 
 
 class JobSpec(_Table):
     """A whole job: what to read, what to ask, how to run it, where to write."""
 
-    name: Slug
-    """The job's name: lowercase letters, digits, ``-`` and ``_``; at most 64 characters."""
-    description: str | None = None
-    """Free text for people."""
-    backend: Literal["local", "groq"] = "groq"
-    """``groq`` for the real API, ``local`` for the built-in Groq-compatible server."""
-    base_url: str | None = None
-    """The API's base URL. Default: ``$GROQ_BASE_URL``, else ``https://api.groq.com``."""
-    give_up_after_s: float = Field(300.0, gt=0)
-    """How long one endpoint of the server (``POST /files``, ``GET /batches/{id}``, …) may go
-    unanswered — no HTTP answer at all, or only 5xx pages that are not JSON — before the run
-    stops with exit 1, naming the server and what it answered. Any other answer (a success, a
-    4xx, a 429, a JSON 5xx) restarts the clock. Nothing recorded is lost: run again when the
-    server is back."""
-    ledger: str | None = None
-    """The ledger: a path relative to the config's folder, or a SQLAlchemy URL.
-    Default ``.groqbatch/<name>.sqlite``."""
-    workdir: str | None = None
-    """Folder for shard files and downloads. Default ``.groqbatch/<name>/``."""
-    model: ModelId | None = None
-    """A Groq model id (``llama-3.1-8b-instant``) or a LoRA id (``ft:...``)."""
-    adapter: str | None = None
-    """The name of an uploaded LoRA adapter, looked up in the ledger. Instead of ``model``."""
-    input: InputSpec
-    prompt: PromptSpec
-    policy: PolicySpec = PolicySpec()
-    output: OutputSpec = OutputSpec()
-    local: LocalServerSpec = LocalServerSpec()
-    evaluate: EvaluateSpec | None = None
-    """``[evaluate]``: score answers against a reference column, per run (see
-    :mod:`jobs.evaluate`)."""
+    name: Slug = Field(
+        description="The job's name: lowercase letters, digits, `-` and `_`, starting with a "
+        "letter or digit; at most 64 characters. It names the job in the ledger, the default "
+        "ledger file and work folder, and the batches' `groqbatch_job` metadata."
+    )
+    description: str | None = Field(
+        default=None, description="Free text for people; groqbatch does nothing with it."
+    )
+    backend: Literal["local", "groq"] = Field(
+        default="groq",
+        description="`groq`: Groq's API, with the key from `$GROQ_API_KEY` (required). "
+        "`local`: the bundled Groq-compatible server — in-process (no port, state in "
+        "`[local].data_dir`) unless a `base_url` names a running `groqbatch serve`.",
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="The API's base URL (http or https). Default: `$GROQ_BASE_URL`, else "
+        "`https://api.groq.com`. A URL with no path means Groq's `/openai/v1`; one with a path "
+        "is the API root, as the official SDKs read it.",
+    )
+    give_up_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds one endpoint of the server (`POST /files`, "
+        "`GET /batches/{id}`, …) may go unanswered — no HTTP answer at all, or only 5xx pages "
+        "that are not JSON — before the run stops with exit 1, naming the server and what it "
+        "answered. Any other answer (a success, a 4xx, a 429, a JSON 5xx) restarts the clock. "
+        "Nothing recorded is lost: run again when the server is back.",
+    )
+    ledger: str | None = Field(
+        default=None,
+        description="The ledger: a SQLite file path relative to the config's folder, or a "
+        "SQLAlchemy URL (`postgresql+psycopg://…` for many workers). Default "
+        "`.groqbatch/<name>.sqlite`. `--ledger` and `$GROQBATCH_LEDGER` override it.",
+    )
+    workdir: str | None = Field(
+        default=None,
+        description="Folder for shard files, downloads and (by default) the in-process "
+        "server's state, relative to the config's folder. Default `.groqbatch/<name>/`.",
+    )
+    model: ModelId | None = Field(
+        default=None,
+        description="The model every request names: a Groq model id "
+        "(`llama-3.1-8b-instant`) or a LoRA model id (`ft:…`). Give exactly one of `model` "
+        "and `adapter`.",
+    )
+    adapter: str | None = Field(
+        default=None,
+        description="The name of a LoRA adapter uploaded with `groqbatch adapters upload`, "
+        "resolved to its `ft:` model id from this job's ledger (never from the API); an "
+        "unknown or deleted one fails `validate`, `plan` and `run` with exit 2. Instead of "
+        "`model`.",
+    )
+    input: InputSpec = Field(description="`[input]`: the dataset, one request per row.")
+    prompt: PromptSpec = Field(
+        description="`[prompt]`: the message templates and the request parameters sent "
+        "with them."
+    )
+    policy: PolicySpec = Field(
+        default=PolicySpec(),
+        description="`[policy]`: how the job runs — window, shard sizes, polling, deadline, "
+        "caching, fallback and budget.",
+    )
+    output: OutputSpec = Field(
+        default=OutputSpec(), description="`[output]`: where `groqbatch export` writes."
+    )
+    local: LocalServerSpec = Field(
+        default=LocalServerSpec(),
+        description="`[local]`: the in-process local server of a `backend = \"local\"` job.",
+    )
+    evaluate: EvaluateSpec | None = Field(
+        default=None,
+        description="`[evaluate]`: score each run's answers against a reference column of "
+        "the input. Default: no scoring.",
+    )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

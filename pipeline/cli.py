@@ -64,7 +64,7 @@ def _parse_rate_limit(text: str) -> tuple[str, dict[str, int]]:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port to listen on.")
 @click.option("--api-key", envvar="GROQ_API_KEY", default=None,
               help="Bearer key clients must send [env GROQ_API_KEY; default: the local key].")
 @click.option("--time-scale", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
@@ -76,8 +76,10 @@ def _parse_rate_limit(text: str) -> tuple[str, dict[str, int]]:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep the server's state here and carry on from it when started again "
                    "(default: a temporary directory).")
-@click.option("--max-file-lines", default=50_000, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-file-bytes", default=100 * 1024 * 1024, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-file-lines", default=50_000, show_default=True, type=click.IntRange(min=1),
+              help="Lines a batch file may hold; more is refused with 400 too_many_lines.")
+@click.option("--max-file-bytes", default=100 * 1024 * 1024, show_default=True, type=click.IntRange(min=1),
+              help="Bytes a batch file may hold; more is refused with 413 file_too_large.")
 @click.option("--rate-limit", "rate_limits", multiple=True, metavar="MODEL[@TIER]=rpm:N,tpm:N,rpd:N",
               help="Limit a model (on one tier); repeatable.")
 @click.option("--chat-latency", "chat_latency_s", default=0.0, show_default=True,
@@ -85,7 +87,8 @@ def _parse_rate_limit(text: str) -> tuple[str, dict[str, int]]:
 @click.option("--selftest", is_flag=True,
               help="Start in-process, drive one batch and one chat call over real HTTP, report, exit.")
 @click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+              help="The server's log level; every request is logged at debug.")
 def serve(host: str, port: int, api_key: str | None, time_scale: float, throughput_lines_per_s: float,
           scenario_path: Path | None, data_dir: Path | None, max_file_lines: int, max_file_bytes: int,
           rate_limits: tuple[str, ...], chat_latency_s: float, selftest: bool, log_level: str) -> None:

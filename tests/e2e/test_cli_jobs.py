@@ -66,14 +66,3 @@ def test_plan_spends_nothing_and_writes_nothing(tmp_path: Path) -> None:
     assert "to send" in table.stdout
     assert "estimated cost (batch, 50% off)" in table.stdout
 
-
-def test_every_command_has_help_and_is_in_the_readme() -> None:
-    readme = (CONFIGS.parent / "README.md").read_text()
-    listing = run_cli("--help").stdout
-    commands = [line.split()[0] for line in listing.split("Commands:")[1].strip().splitlines()]
-    assert commands
-    for command in commands:
-        result = run_cli(command, "--help")
-        assert result.returncode == 0
-        assert "Usage:" in result.stdout
-        assert f"groqbatch {command}" in readme, f"`groqbatch {command}` is not documented"
