@@ -155,6 +155,16 @@ class OutputSpec(_Table):
     ``<workdir>/results.jsonl``."""
     format: DataFormat | None = None
     """``jsonl``, ``csv`` or ``parquet``; by default from the path's suffix."""
+    kind: Literal["answer", "moderation"] = Field(
+        default="answer",
+        description=(
+            '``answer`` (the default): the answer as the model gives it, parsed by '
+            "``[prompt].response_format`` if it has one. ``moderation``: a Llama Guard verdict "
+            "(``safe``, or ``unsafe`` and category codes on the next line), parsed into the "
+            "columns ``safe`` (bool), ``categories`` (codes, S1 … S14) and ``category_names`` "
+            "(the docs' taxonomy); an answer of another shape is an invalid output."
+        ),
+    )
 
     @model_validator(mode="after")
     def _known_format(self) -> OutputSpec:
@@ -247,6 +257,13 @@ class JobSpec(_Table):
         if value is not None and not value.strip():
             raise ValueError("adapter must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _moderation_is_text(self) -> JobSpec:
+        if self.output.kind == "moderation" and self.prompt.response_format is not None:
+            raise field_error("prompt.response_format", 'output kind "moderation" parses plain '
+                              "text verdicts; leave response_format out")
+        return self
 
     @model_validator(mode="after")
     def _one_model(self) -> JobSpec:
