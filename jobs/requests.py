@@ -25,6 +25,7 @@ import orjson
 from jobs.spec import JobSpec
 from jobs.template import PromptTemplates, RowRejected
 from pipeline.errors import ConfigError
+from state.reports import SAMPLE_KEY_MARK
 
 __all__ = [
     "CHAT_ENDPOINT",
@@ -91,7 +92,7 @@ def row_key_for(row: Mapping[str, Any], id_column: str | None) -> str:
     return "h_" + _b32(digest)
 
 
-SAMPLE_MARK = "#sample-"
+SAMPLE_MARK = SAMPLE_KEY_MARK
 """With ``[prompt] samples = N``, sample i > 0 of a row is recorded under ``<key>#sample-<i>``;
 sample 0 keeps the row's own key (so ``samples`` can be raised without re-asking sample 0)."""
 

@@ -205,9 +205,20 @@ def _layout_for(spec: JobSpec, validator: OutputValidator | None) -> _Layout:
         validator.fields if validator else (),
         {n: _field_kind(s) for n, s in validator.field_schemas.items()} if validator else {},
         samples=prompt.samples,
-        reasoning=(prompt.reasoning_format == "parsed" or prompt.include_reasoning is True
-                   or prompt.reasoning_effort is not None),
+        reasoning=_wants_reasoning(spec),
     )
+
+
+def _wants_reasoning(spec: JobSpec) -> bool:
+    """Whether answers carry ``message.reasoning``, as asked: ``reasoning_format = "parsed"``,
+    ``include_reasoning = true``, or a ``reasoning_effort`` other than ``none`` (GPT-OSS returns
+    its reasoning unless told not to) — and not turned off by ``include_reasoning = false``."""
+    prompt = spec.prompt
+    if (prompt.include_reasoning is False or prompt.reasoning_format in ("raw", "hidden")
+            or prompt.reasoning_effort == "none"):
+        return False
+    return (prompt.reasoning_format == "parsed" or prompt.include_reasoning is True
+            or prompt.reasoning_effort is not None)
 
 
 def _survey(spec: JobSpec) -> dict[str, str | None]:

@@ -22,7 +22,7 @@ __all__ = ["KEYWORDS", "verdict"]
 KEYWORDS: dict[str, tuple[str, ...]] = {
     "S1": ("murder", "kill", "assault", "kidnap", "terrorist", "bomb the"),
     "S2": ("hack", "steal", "fraud", "scam", "launder", "counterfeit", "phishing"),
-    "S3": ("sexual assault", "trafficking"),
+    "S3": ("sex trafficking", "sexual assault"),
     "S4": ("child abuse material",),
     "S5": ("defame", "spread lies about"),
     "S6": ("dosage without a doctor", "skip my medication"),
