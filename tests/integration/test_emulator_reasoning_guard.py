@@ -35,7 +35,8 @@ def test_qwen3_reasoning_by_format(groq_client: groq.Groq) -> None:
     assert raw["content"].startswith("<think>\n" + parsed["reasoning"] + "\n</think>\n\n")
     assert "reasoning" not in raw
     hidden = message(groq_client, "qwen/qwen3-32b", reasoning_format="hidden")
-    assert "reasoning" not in hidden and "<think>" not in hidden["content"]
+    assert "reasoning" not in hidden
+    assert "<think>" not in hidden["content"]
     # JSON mode: parsed by default, raw refused
     as_json = message(groq_client, "qwen/qwen3-32b", response_format={"type": "json_object"})
     assert as_json["reasoning"]
@@ -59,7 +60,8 @@ def test_reasoning_tokens_are_completion_tokens(groq_client: groq.Groq) -> None:
         model="qwen/qwen3-32b", messages=ASK, reasoning_format="parsed", seed=1)
     without = groq_client.chat.completions.create(
         model="qwen/qwen3-32b", messages=ASK, reasoning_format="hidden", seed=1)
-    assert with_reasoning.usage is not None and without.usage is not None
+    assert with_reasoning.usage is not None
+    assert without.usage is not None
     assert with_reasoning.usage.completion_tokens > without.usage.completion_tokens
 
 

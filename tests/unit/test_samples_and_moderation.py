@@ -66,7 +66,7 @@ def test_moderation_verdicts_parse_into_fields() -> None:
         "category_names": ["Violent Crimes", "Code Interpreter Abuse"]}
     assert parse_moderation("unsafe\nS15")["category_names"] == ["S15"]  # kept, named as itself
     for bad in ("", "maybe", "safe\nS1", "unsafe\nviolence"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="verdict|category code"):
             parse_moderation(bad)
     assert len(CATEGORIES) == 14
 
@@ -75,12 +75,13 @@ def test_the_moderation_validator_judges_answers(tmp_path: Path) -> None:
     spec = load_job(write(tmp_path, model="meta-llama/llama-guard-4-12b",
                           output='[output]\nkind = "moderation"\n'))
     validator = OutputValidator.for_job(spec)
-    assert validator is not None and validator.fields == ("safe", "categories", "category_names")
+    assert validator is not None
+    assert validator.fields == ("safe", "categories", "category_names")
     good = validator.judge({"choices": [{"message": {"content": "unsafe\nS2"}}]})
     assert orjson.loads(good.parsed or "") == {"safe": False, "categories": ["S2"],
                                                "category_names": ["Non-Violent Crimes"]}
     bad = validator.judge({"choices": [{"message": {"content": "I cannot help"}}]})
-    assert bad.invalid is not None and bad.invalid.startswith("invalid_output: not a moderation verdict")
+    assert (bad.invalid or "").startswith("invalid_output: not a moderation verdict")
     with pytest.raises(ConfigError) as caught:
         load_job(write(tmp_path, 'response_format = "json_object"\n',
                        output='[output]\nkind = "moderation"\n'))
