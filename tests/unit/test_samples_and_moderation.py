@@ -66,7 +66,7 @@ def test_moderation_verdicts_parse_into_fields() -> None:
         "category_names": ["Violent Crimes", "Code Interpreter Abuse"]}
     assert parse_moderation("unsafe\nS15")["category_names"] == ["S15"]  # kept, named as itself
     for bad in ("", "maybe", "safe\nS1", "unsafe\nviolence"):
-        with pytest.raises(ValueError, match="verdict|category code"):
+        with pytest.raises(ValueError, match=r"verdict|category code"):
             parse_moderation(bad)
     assert len(CATEGORIES) == 14
 
