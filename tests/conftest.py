@@ -4,6 +4,7 @@ ledger URLs on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,12 +21,19 @@ from tests.ledgers import SKIP_REASON, fresh_postgres_database, pg_available
 API_KEY = DEFAULT_API_KEY
 
 
+_SESSION_STATE = tempfile.mkdtemp(prefix="groqbatch-test-state-")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Jobs' default state goes to a throwaway folder for the whole session, even from fixtures
     wider than a test (each test then gets its own, below): never the user's state dir, and
     never what an earlier command left there."""
     os.environ.setdefault("NO_COLOR", "1")
-    os.environ[STATE_DIR_ENV] = tempfile.mkdtemp(prefix="groqbatch-test-state-")
+    os.environ[STATE_DIR_ENV] = _SESSION_STATE
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_SESSION_STATE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
