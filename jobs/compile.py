@@ -41,6 +41,7 @@ from jobs.inputs import find_duplicate_ids, iter_job_rows
 from jobs.load import spec_hash, spec_json
 from jobs.requests import (
     CHAT_ENDPOINT,
+    SAMPLE_MARK,
     RequestBuilder,
     batch_line,
     row_key_for,
@@ -188,7 +189,9 @@ def record_rows_and_requests(
                     )
         tally.rows += len(chunk)
         if previous is not None:
-            _tally_changes(tally, rows, previous.row_ids(spec.name, (r.row_key for r in rows)))
+            firsts = rows if builder.samples == 1 else [  # a row counts once, not per sample
+                r for r in rows if SAMPLE_MARK not in r.row_key]
+            _tally_changes(tally, firsts, previous.row_ids(spec.name, (r.row_key for r in firsts)))
         tally.new_requests += ledger.record_requests(requests.values())
         ledger.record_rows(spec.name, rows)
         if refresh:

@@ -29,6 +29,7 @@ from state.reports import SAMPLE_KEY_MARK
 
 __all__ = [
     "CHAT_ENDPOINT",
+    "SAMPLE_MARK",
     "BuiltRequest",
     "RequestBuilder",
     "batch_line",

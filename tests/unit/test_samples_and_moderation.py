@@ -47,9 +47,16 @@ def test_compile_records_every_sample_and_identical_rows_still_share_requests(tm
         ids = ledger.row_ids("s", [sample_row_key(k, i) for k in "ab" for i in range(3)])
         assert ledger.row_counts("s")["ok"] == 2  # input rows, not samples
     assert (report.rows, report.ok, report.to_send, report.unique_requests) == (2, 2, 3, 3)
+    assert (report.new_rows, report.changed_rows, report.unchanged_rows) == (2, 0, 0)
     assert list(ids) == ["a", "a#sample-1", "a#sample-2", "b", "b#sample-1", "b#sample-2"]
     assert len(set(ids.values())) == 3  # the samples differ; rows a and b ask the same thing
     assert [ids["a"], ids["a#sample-1"], ids["a#sample-2"]] == [ids["b"], ids["b#sample-1"], ids["b#sample-2"]]
+
+    # one more sample later: only it is sent; the rows themselves (sample 0) are unchanged
+    more = load_job(write(tmp_path, "samples = 4\n"))
+    with Ledger.open(tmp_path / "l.sqlite") as ledger:
+        again = compile_job(more, ledger)
+    assert (again.rows, again.new_requests, again.to_send, again.unchanged_rows) == (2, 1, 1, 2)
 
 
 @pytest.mark.parametrize("bad", ["samples = 0", "samples = 101", 'samples = 1.5'])
