@@ -39,7 +39,7 @@ __all__ = [
 #: Body keys a config may not set through ``extra_body``, and why.
 _CLASHING_KEYS = {
     "model": 'set the model with model = "..." at the top of the config',
-    "messages": "messages come from [prompt].system, user and images",
+    "messages": "messages come from [prompt].system, user and images (or [prompt].messages)",
     "stream": "batch requests cannot stream",
     "service_tier": "the batch path has no tier; set [policy.fallback].service_tier",
 }

@@ -159,8 +159,9 @@ def _reasoning_mode(body: Mapping[str, Any], model: ModelInfo) -> str | None:
         return None
     if model.id.startswith("openai/gpt-oss"):
         return "parsed"
-    structured = (body.get("response_format") or {}).get("type") in ("json_object", "json_schema") \
-        if isinstance(body.get("response_format"), Mapping) else False
+    response_format = body.get("response_format")
+    structured = isinstance(response_format, Mapping) and response_format.get("type") in (
+        "json_object", "json_schema")
     if structured or body.get("tools"):
         if fmt == "raw":
             raise bad_request("`reasoning_format` must be `parsed` or `hidden` with JSON mode or "
@@ -268,7 +269,8 @@ def validate(body: Mapping[str, Any], models: ModelRegistry) -> ChatRequest:
         reasoning=_reasoning_mode(body, model),
         screened_texts=tuple(_content_text(m.get("content"), i, model)[0]
                              for i, m in enumerate(messages)
-                             if m.get("role") in ("user", "assistant")),
+                             if m.get("role") in ("user", "assistant"))
+        if model.id == GUARD_MODEL else (),
     )
 
 
