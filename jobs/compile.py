@@ -41,9 +41,11 @@ from jobs.inputs import find_duplicate_ids, iter_job_rows
 from jobs.load import spec_hash, spec_json
 from jobs.requests import (
     CHAT_ENDPOINT,
+    SAMPLE_MARK,
     RequestBuilder,
     batch_line,
     row_key_for,
+    sample_row_key,
     unkeyed_row_key,
 )
 from jobs.shards import ShardWriter, WrittenShard, shard_key
@@ -174,24 +176,31 @@ def record_rows_and_requests(
                 key = row_key_for(row, id_column)
             except RowRejected as exc:
                 rows.append(RowRecord(unkeyed_row_key(row_index), row_index, None, exc.reason))
+                tally.rejected += 1
                 continue
             try:
-                built = builder.build(row)
+                samples = builder.build_samples(row)
             except RowRejected as exc:
-                rows.append(RowRecord(key, row_index, None, exc.reason))
+                rows.extend(RowRecord(sample_row_key(key, i), row_index, None, exc.reason)
+                            for i in range(builder.samples))
+                tally.rejected += 1
                 continue
-            rows.append(RowRecord(key, row_index, built.custom_id, None))
-            if built.custom_id not in requests:
-                requests[built.custom_id] = RequestRecord(
-                    built.custom_id, CHAT_ENDPOINT, built.body
-                )
+            tally.ok += 1
+            for i, built in enumerate(samples):
+                rows.append(RowRecord(sample_row_key(key, i), row_index, built.custom_id, None))
+                if built.custom_id not in requests:
+                    requests[built.custom_id] = RequestRecord(
+                        built.custom_id, CHAT_ENDPOINT, built.body
+                    )
         tally.rows += len(chunk)
-        tally.rejected += sum(1 for r in rows if r.reason is not None)
-        tally.ok += sum(1 for r in rows if r.reason is None)
-        if first_compile:
-            tally.new_rows += len(rows)
-        elif previous is not None:
-            _tally_changes(tally, rows, previous.row_ids(spec.name, (r.row_key for r in rows)))
+        if previous is not None:
+            firsts = rows if builder.samples == 1 else [  # a row counts once, not per sample
+                r for r in rows if SAMPLE_MARK not in r.row_key]
+            if first_compile:
+                tally.new_rows += len(firsts)
+            else:
+                _tally_changes(tally, firsts,
+                               previous.row_ids(spec.name, (r.row_key for r in firsts)))
         tally.new_requests += ledger.record_compiled(spec.name, rows, requests.values())
         if refresh:
             tally.refreshed += ledger.refresh(requests.keys())

@@ -7,7 +7,9 @@ A job's ``[prompt].response_format`` is its output schema:
 - ``json_schema`` with ``model = "module:Class"``: the pydantic model's ``model_validate_json``;
   what is stored is the validated model dumped as JSON (by alias, defaults filled in);
 - ``json_object``: any JSON object;
-- ``text``, or none: nothing to check (:meth:`OutputValidator.for_job` gives ``None``).
+- ``text``, or none: nothing to check (:meth:`OutputValidator.for_job` gives ``None``);
+- ``[output] kind = "moderation"``: a Llama Guard verdict, parsed into ``safe``,
+  ``categories`` and ``category_names`` (:mod:`jobs.moderation`).
 
 One rule for every path — reconcile (batch lines) and the fallback (synchronous answers) both
 call :meth:`OutputValidator.judge`::
@@ -39,6 +41,7 @@ from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.validators import validator_for
 from pydantic import BaseModel, ValidationError
 
+from jobs.moderation import MODERATION_FIELDS, parse_moderation
 from jobs.prompt import JsonObjectFormat, JsonSchemaFormat, load_model_class
 from jobs.spec import JobSpec
 from pipeline.errors import ConfigError
@@ -105,7 +108,7 @@ class OutputValidator:
 
     def __init__(
         self,
-        kind: Literal["json_object", "json_schema"],
+        kind: Literal["json_object", "json_schema", "moderation"],
         *,
         schema: Mapping[str, Any] | None = None,
         model: type[BaseModel] | None = None,
@@ -129,6 +132,8 @@ class OutputValidator:
                     field="prompt.response_format.schema",
                 ) from None
             self._schema_check = checker(schema)
+        if kind == "moderation":
+            schema = {"type": "object", "properties": MODERATION_FIELDS}
         properties = (schema or {}).get("properties")
         self.field_schemas: dict[str, Any] = dict(properties) if isinstance(properties, Mapping) else {}
         """The schema's top-level properties: each parsed field, with its own schema."""
@@ -138,6 +143,8 @@ class OutputValidator:
         """The validator of ``spec``'s output schema; None when answers are free text."""
         fmt = spec.prompt.response_format
         retries = spec.policy.retry_invalid_output
+        if spec.output.kind == "moderation":
+            return cls("moderation", retries=retries)
         if isinstance(fmt, JsonObjectFormat):
             return cls("json_object", retries=retries)
         if not isinstance(fmt, JsonSchemaFormat):
@@ -165,6 +172,11 @@ class OutputValidator:
         """``(parsed, None)`` for an answer that fits, ``(None, reason)`` for one that does not."""
         if content is None:
             return None, "the answer has no message content"
+        if self.kind == "moderation":
+            try:
+                return parse_moderation(content), None
+            except ValueError as exc:
+                return None, _cut(str(exc))
         try:
             value = orjson.loads(content)
         except orjson.JSONDecodeError as exc:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from jobs.policy import field_error
 from jobs.template import check_syntax
@@ -38,7 +39,7 @@ __all__ = [
 #: Body keys a config may not set through ``extra_body``, and why.
 _CLASHING_KEYS = {
     "model": 'set the model with model = "..." at the top of the config',
-    "messages": "messages come from [prompt].system, user and images",
+    "messages": "messages come from [prompt].system, user and images (or [prompt].messages)",
     "stream": "batch requests cannot stream",
     "service_tier": "the batch path has no tier; set [policy.fallback].service_tier",
 }
@@ -195,10 +196,12 @@ class PromptSpec(_Table):
         description="The system message, a Jinja2 template over the row's columns. Default: "
         "no system message.",
     )
-    user: str = Field(
+    user: str | None = Field(
+        default=None,
         description="The user message, a Jinja2 template over the row's columns (sandboxed, "
         'no HTML escaping; `row["a b"]` for a column whose name is not an identifier). A '
-        "column the row lacks rejects that row, with the reason kept in the ledger."
+        "column the row lacks rejects that row, with the reason kept in the ledger. Required "
+        "unless `messages` is given.",
     )
     images: list[str] = Field(
         default=[],
@@ -259,6 +262,26 @@ class PromptSpec(_Table):
         "does not parse or fit is an invalid output (see `[policy].retry_invalid_output`). "
         "Default: text, nothing checked.",
     )
+    messages: str | None = Field(
+        default=None,
+        description=(
+            'A column holding a whole conversation, e.g. "{{ conversation }}": a list of chat '
+            "messages (JSONL), or that list as JSON text (a CSV cell). Each row's list is "
+            "checked (roles system, developer, user, assistant, tool; content a string or a "
+            "list of parts); a bad row is rejected with the message and field named. "
+            "`system`, if set, is sent first. Instead of `user` and `images`."
+        ),
+    )
+    samples: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description=(
+            "Requests per row, each with its own seed (`seed` + i, from 0 when no seed is "
+            "set): Groq answers one choice per request (n = 1). Exported as one row per "
+            "sample, numbered in a `groqbatch_sample` column."
+        ),
+    )
     extra_body: dict[str, Any] = Field(
         default={},
         description="Any other body field, sent as is (`tools`, `tool_choice`, …). It cannot "
@@ -266,7 +289,7 @@ class PromptSpec(_Table):
         "this table, and `n` only as 1.",
     )
 
-    @field_validator("system", "user", "images", mode="after")
+    @field_validator("system", "user", "images", "messages", mode="after")
     @classmethod
     def _templates_parse(cls, value: str | list[str] | None) -> str | list[str] | None:
         for text in [value] if isinstance(value, str) else value or []:
@@ -296,6 +319,20 @@ class PromptSpec(_Table):
             if key in _PARAMS or key == "response_format":
                 raise ValueError(f"extra_body cannot set {key!r}; set [prompt].{key} instead")
         return value
+
+    @model_validator(mode="after")
+    def _user_or_messages(self) -> PromptSpec:
+        if self.messages is None and self.user is None:
+            # reported as the missing key it usually is (the hint: "add user = ... under [prompt]")
+            raise PydanticCustomError("missing", "missing required key (or messages = "
+                                      '"{{ a column }}")', {"config_field": "user"})
+        if self.messages is not None and self.user is not None:
+            raise field_error("messages", "set user or messages, not both (a conversation "
+                              "column holds the user turns)")
+        if self.messages is not None and self.images:
+            raise field_error("images", "images go with user; with messages, put image_url "
+                              "parts in the conversation itself")
+        return self
 
     @model_validator(mode="after")
     def _reasoning(self) -> PromptSpec:

@@ -25,15 +25,18 @@ import orjson
 from jobs.spec import JobSpec
 from jobs.template import PromptTemplates, RowRejected
 from pipeline.errors import ConfigError
+from state.reports import SAMPLE_KEY_MARK
 
 __all__ = [
     "CHAT_ENDPOINT",
+    "SAMPLE_MARK",
     "BuiltRequest",
     "RequestBuilder",
     "batch_line",
     "canonical_json",
     "custom_id_for",
     "row_key_for",
+    "sample_row_key",
 ]
 
 CHAT_ENDPOINT = "/v1/chat/completions"
@@ -88,6 +91,16 @@ def row_key_for(row: Mapping[str, Any], id_column: str | None) -> str:
         return value if isinstance(value, str) else str(value)
     digest = hashlib.blake2b(_ROW_DOMAIN + canonical_json(row), digest_size=16).digest()
     return "h_" + _b32(digest)
+
+
+SAMPLE_MARK = SAMPLE_KEY_MARK
+"""With ``[prompt] samples = N``, sample i > 0 of a row is recorded under ``<key>#sample-<i>``;
+sample 0 keeps the row's own key (so ``samples`` can be raised without re-asking sample 0)."""
+
+
+def sample_row_key(key: str, sample: int) -> str:
+    """The ledger key of sample ``sample`` of the row keyed ``key``."""
+    return key if sample == 0 else f"{key}{SAMPLE_MARK}{sample}"
 
 
 def unkeyed_row_key(row_index: int) -> str:
@@ -153,17 +166,32 @@ class RequestBuilder:
         self.max_line_bytes = max_line_bytes or spec.policy.max_bytes_per_shard
         self._templates = PromptTemplates.from_spec(spec.prompt)
         self._params = spec.prompt.request_params(spec.base_dir)
+        self.samples = spec.prompt.samples
+        """Requests per row (``[prompt] samples``): sample i is sent with ``seed`` + i."""
+        self._base_seed: int = spec.prompt.seed or 0
 
-    def body(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """The request body for ``row``; raises :class:`RowRejected`."""
-        body = {"model": self.model, "messages": self._templates.messages(row)}
+    def body(self, row: Mapping[str, Any], sample: int = 0) -> dict[str, Any]:
+        """The request body for ``row`` (its ``sample``-th); raises :class:`RowRejected`."""
+        body: dict[str, Any] = {"model": self.model, "messages": self._templates.messages(row)}
         body.update(self._params)
+        if self.samples > 1:
+            body["seed"] = self._base_seed + sample
         return body
 
-    def build(self, row: Mapping[str, Any]) -> BuiltRequest:
-        """The request for ``row``; raises :class:`RowRejected` with a reason."""
+    def build_samples(self, row: Mapping[str, Any]) -> list[BuiltRequest]:
+        """The ``samples`` requests for ``row``, rendered once; raises :class:`RowRejected`."""
+        body = self.body(row)
+        if self.samples == 1:
+            return [self._built(body)]
+        return [self._built({**body, "seed": self._base_seed + i}) for i in range(self.samples)]
+
+    def build(self, row: Mapping[str, Any], sample: int = 0) -> BuiltRequest:
+        """The request for ``row`` (its ``sample``-th); raises :class:`RowRejected` with a reason."""
+        return self._built(self.body(row, sample))
+
+    def _built(self, value: dict[str, Any]) -> BuiltRequest:
         try:
-            body = canonical_json(self.body(row))
+            body = canonical_json(value)
         except orjson.JSONEncodeError as exc:
             raise RowRejected(f"cannot encode the request as JSON: {exc}") from None
         built = BuiltRequest(custom_id_for(body, endpoint=self.endpoint, salt=self.salt), body)

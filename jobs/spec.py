@@ -28,6 +28,7 @@ file is refused.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -51,20 +52,39 @@ from jobs.prompt import PromptSpec
 __all__ = [
     "DEFAULT_BASE_URL",
     "FORMAT_BY_SUFFIX",
+    "STATE_DIR_ENV",
     "InputSpec",
     "JobSpec",
     "LocalServerSpec",
     "OutputSpec",
+    "state_root",
 ]
 
 DEFAULT_BASE_URL = "https://api.groq.com"
 FORMAT_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 _URL_SCHEME = re.compile(r"^[a-z][a-z0-9+]*://")
+STATE_DIR_ENV = "GROQBATCH_STATE_DIR"
+"""The environment variable that moves every job's default state folder (see :func:`state_root`)."""
+_LEGACY_STATE = ".groqbatch"
+"""Where default ledgers and workdirs were kept before: next to the config."""
 
 Scalar = str | int | float | bool | None
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 ModelId = Annotated[str, StringConstraints(pattern=r"^\S+$", max_length=256)]
 DataFormat = Literal["jsonl", "csv", "parquet"]
+
+
+def state_root(environ: Mapping[str, str] = os.environ) -> Path:
+    """The folder under which jobs keep their default ledger and workdir, outside any checkout:
+    ``$GROQBATCH_STATE_DIR``, else ``$XDG_STATE_HOME/groqbatch``, else
+    ``~/.local/state/groqbatch``."""
+    explicit = environ.get(STATE_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    xdg = environ.get("XDG_STATE_HOME")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec: a relative value is to be ignored
+        return Path(xdg) / "groqbatch"
+    return Path.home() / ".local" / "state" / "groqbatch"
 
 
 def _format_for(path: str, given: str | None, what: str) -> str:
@@ -162,6 +182,16 @@ class OutputSpec(_Table):
         description="`jsonl`, `csv` or `parquet`. Default: from the path's suffix. "
         "`export --format` overrides it; Parquet needs the `groqbatch[parquet]` extra.",
     )
+    kind: Literal["answer", "moderation"] = Field(
+        default="answer",
+        description=(
+            "`answer` (the default): the answer as the model gives it, parsed by "
+            "`[prompt].response_format` if it has one. `moderation`: a Llama Guard verdict "
+            "(`safe`, or `unsafe` and category codes on the next line), parsed into the "
+            "columns `safe` (bool), `categories` (codes, S1 … S14) and `category_names` "
+            "(the docs' taxonomy); an answer of another shape is an invalid output."
+        ),
+    )
 
     @model_validator(mode="after")
     def _known_format(self) -> OutputSpec:
@@ -245,12 +275,15 @@ class JobSpec(_Table):
         default=None,
         description="The ledger: a SQLite file path relative to the config's folder, or a "
         "SQLAlchemy URL (`postgresql+psycopg://…` for many workers). Default "
-        "`.groqbatch/<name>.sqlite`. `--ledger` and `$GROQBATCH_LEDGER` override it.",
+        "`<state dir>/<name>.sqlite` (the state dir: `$GROQBATCH_STATE_DIR`, else "
+        "`$XDG_STATE_HOME/groqbatch`, else `~/.local/state/groqbatch`, then one folder per "
+        "config folder). `--ledger` and `$GROQBATCH_LEDGER` override it.",
     )
     workdir: str | None = Field(
         default=None,
         description="Folder for shard files, downloads and (by default) the in-process "
-        "server's state, relative to the config's folder. Default `.groqbatch/<name>/`.",
+        "server's state, relative to the config's folder. Default `<state dir>/<name>/` "
+        "(see `ledger`).",
     )
     model: ModelId | None = Field(
         default=None,
@@ -319,6 +352,13 @@ class JobSpec(_Table):
         return value
 
     @model_validator(mode="after")
+    def _moderation_is_text(self) -> JobSpec:
+        if self.output.kind == "moderation" and self.prompt.response_format is not None:
+            raise field_error("prompt.response_format", 'output kind "moderation" parses plain '
+                              "text verdicts; leave response_format out")
+        return self
+
+    @model_validator(mode="after")
     def _one_model(self) -> JobSpec:
         if self.model is None and self.adapter is None:
             raise field_error("model", 'set either model = "<model id>" or adapter = "<name>"')
@@ -346,15 +386,35 @@ class JobSpec(_Table):
         return self.resolve_path(self.input.path)
 
     @property
+    def state_dir(self) -> Path:
+        """The folder of the job's default ledger and workdir: one per config folder, under
+        :func:`state_root`, named by the folder's name and a hash of its resolved path
+        (``~/.local/state/groqbatch/configs-1a2b3c4d5e/``). So state never lands in the
+        config's folder (a checkout), and the same config finds the same ledger from any
+        working directory. A ledger left by an earlier version at ``<config folder>/.groqbatch/
+        <name>.sqlite`` is still found there, with its workdir, and used in place."""
+        legacy = self._base_dir / _LEGACY_STATE
+        if (legacy / f"{self.name}.sqlite").is_file():
+            return Path(os.path.normpath(legacy))
+        folder = self._base_dir.resolve()
+        digest = hashlib.blake2b(str(folder).encode(), digest_size=5).hexdigest()
+        label = re.sub(r"[^A-Za-z0-9_.-]+", "_", folder.name)[:40] or "root"
+        return state_root() / f"{label}-{digest}"
+
+    @property
     def workdir_path(self) -> Path:
-        return self.resolve_path(self.workdir or f".groqbatch/{self.name}")
+        if self.workdir is not None:
+            return self.resolve_path(self.workdir)
+        return self.state_dir / self.name
 
     @property
     def ledger_target(self) -> str:
         """A SQLAlchemy URL as written, else the absolute path of the SQLite file."""
         if self.ledger is not None and _URL_SCHEME.match(self.ledger):
             return self.ledger
-        return str(self.resolve_path(self.ledger or f".groqbatch/{self.name}.sqlite"))
+        if self.ledger is not None:
+            return str(self.resolve_path(self.ledger))
+        return str(self.state_dir / f"{self.name}.sqlite")
 
     @property
     def output_path(self) -> Path:

@@ -16,10 +16,18 @@ Row values are data, never templates: a value holding ``{{ x }}`` is sent unchan
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import (
+    StrictUndefined,
+    Template,
+    TemplateSyntaxError,
+    Undefined,
+    UndefinedError,
+    nodes,
+)
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -129,17 +137,54 @@ def _render_plain(pieces: list[str | tuple[str]], context: Mapping[str, Any]) ->
     return "".join(out)
 
 
-class PromptTemplates:
-    """The compiled ``system``, ``user`` and ``images`` templates of one job."""
+_ONE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}|\{%|\{#).)*)\}\}\s*$", re.S)
 
-    def __init__(self, *, system: str | None, user: str, images: Sequence[str]) -> None:
+
+class _Value:
+    """A template whose value is wanted as is, not as text: ``"{{ conversation }}"`` gives the
+    column's list. Anything other than one ``{{ expression }}`` renders to text."""
+
+    __slots__ = ("expression", "name", "part")
+
+    def __init__(self, name: str, text: str) -> None:
+        self.name = name
+        match = _ONE_EXPRESSION.match(text)
+        self.expression = (
+            _ENV.compile_expression(match.group("expr"), undefined_to_none=False) if match else None
+        )
+        self.part = None if match else _Part(name, text)
+
+    def value(self, context: Mapping[str, Any]) -> Any:
+        if self.part is not None:
+            return self.part.render(context)
+        assert self.expression is not None
+        try:
+            value = self.expression(**context)
+        except UndefinedError as exc:
+            raise RowRejected(f"missing column: {exc.message}") from None
+        except SecurityError as exc:
+            raise RowRejected(f"{self.name}: blocked by the template sandbox: {exc}") from None
+        except Exception as exc:  # any error raised while evaluating one row rejects that row
+            raise RowRejected(f"{self.name}: {type(exc).__name__}: {exc}") from None
+        if isinstance(value, Undefined):
+            raise RowRejected(f"missing column: {value._undefined_message}")
+        return value
+
+
+class PromptTemplates:
+    """The compiled ``system``, ``user`` (or ``messages``) and ``images`` templates of one job."""
+
+    def __init__(self, *, system: str | None, user: str | None, images: Sequence[str],
+                 messages: str | None = None) -> None:
         self._system = _Part("system", system) if system is not None else None
-        self._user = _Part("user", user)
+        self._user = _Part("user", user) if user is not None else None
+        self._conversation = _Value("messages", messages) if messages is not None else None
         self._images = [_Part(f"images[{i}]", text) for i, text in enumerate(images)]
 
     @classmethod
     def from_spec(cls, prompt: PromptSpec) -> PromptTemplates:
-        return cls(system=prompt.system, user=prompt.user, images=prompt.images)
+        return cls(system=prompt.system, user=prompt.user, images=prompt.images,
+                   messages=prompt.messages)
 
     def messages(self, row: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The ``messages`` of the request for ``row``; raises :class:`RowRejected`."""
@@ -147,6 +192,11 @@ class PromptTemplates:
         messages: list[dict[str, Any]] = []
         if self._system is not None:
             messages.append({"role": "system", "content": self._system.render(context)})
+        if self._conversation is not None:
+            from jobs.conversation import check_messages
+
+            return messages + check_messages(self._conversation.value(context))
+        assert self._user is not None
         text = self._user.render(context)
         if not self._images:
             messages.append({"role": "user", "content": text})

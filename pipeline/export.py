@@ -26,7 +26,13 @@ good file as it was.
 - the parsed output: with a JSON schema that declares ``properties`` (inline or a pydantic
   model), one column per property, in the schema's order (``parsed_<name>`` when an input
   column has that name); otherwise (``json_object``) one ``groqbatch_parsed`` column holding
-  the parsed object. Keys beyond the declared properties are in ``groqbatch_answer``.
+  the parsed object. Keys beyond the declared properties are in ``groqbatch_answer``. With
+  ``[output] kind = "moderation"``: ``safe``, ``categories`` and ``category_names``;
+- ``groqbatch_sample`` — with ``[prompt] samples = N`` (N > 1) only: each input row is written N
+  times, once per sample (0 … N-1), each with its own request and answer;
+- ``groqbatch_reasoning`` — when the job asks for reasoning (``reasoning_format = "parsed"``,
+  ``include_reasoning = true`` or a ``reasoning_effort``) only: the answer's
+  ``message.reasoning``.
 
 JSONL keeps values as JSON; CSV writes strings as they are, ``true``/``false``, numbers, and
 lists/objects as JSON text, and an empty cell for null; Parquet types the columns (the input
@@ -58,7 +64,7 @@ import orjson
 
 from jobs import JobSpec, iter_job_rows
 from jobs.outputs import OutputValidator, answer_content
-from jobs.requests import row_key_or_position
+from jobs.requests import row_key_or_position, sample_row_key
 from jobs.spec import FORMAT_BY_SUFFIX
 from state import Ledger
 from state.engine import chunked
@@ -82,6 +88,8 @@ FIXED_COLUMNS = (
     "groqbatch_completion_tokens",
 )
 PARSED_COLUMN = "groqbatch_parsed"
+SAMPLE_COLUMN = "groqbatch_sample"
+REASONING_COLUMN = "groqbatch_reasoning"
 NOT_RUN = "not_run"
 REJECTED = "rejected"
 SUCCEEDED = "succeeded"
@@ -167,6 +175,15 @@ class _Layout:
     field_kinds: dict[str, Any]
     inputs: dict[str, str | None] = field(default_factory=dict)
     """Input column → kind, in order of first appearance (CSV and Parquet only)."""
+    samples: int = 1
+    """``[prompt] samples``: records per input row, numbered in ``groqbatch_sample`` if > 1."""
+    reasoning: bool = False
+    """Whether the job asks for reasoning: a ``groqbatch_reasoning`` column."""
+
+    def extra_columns(self) -> list[tuple[str, Any]]:
+        """The columns some jobs add, after all others."""
+        out: list[tuple[str, Any]] = [(SAMPLE_COLUMN, "int")] if self.samples > 1 else []
+        return out + ([(REASONING_COLUMN, "str")] if self.reasoning else [])
 
     def field_column(self, name: str, input_columns: Any) -> str:
         taken = name in input_columns or name in FIXED_COLUMNS or name == PARSED_COLUMN
@@ -177,8 +194,31 @@ class _Layout:
         out: list[tuple[str, Any]] = [(name, kind or "str") for name, kind in self.inputs.items()]
         out += [(name, "int" if name.endswith("_tokens") else "str") for name in FIXED_COLUMNS]
         if not self.fields:
-            return [*out, (PARSED_COLUMN, "text")]
-        return out + [(self.field_column(n, self.inputs), self.field_kinds[n]) for n in self.fields]
+            return [*out, (PARSED_COLUMN, "text"), *self.extra_columns()]
+        out += [(self.field_column(n, self.inputs), self.field_kinds[n]) for n in self.fields]
+        return out + self.extra_columns()
+
+
+def _layout_for(spec: JobSpec, validator: OutputValidator | None) -> _Layout:
+    prompt = spec.prompt
+    return _Layout(
+        validator.fields if validator else (),
+        {n: _field_kind(s) for n, s in validator.field_schemas.items()} if validator else {},
+        samples=prompt.samples,
+        reasoning=_wants_reasoning(spec),
+    )
+
+
+def _wants_reasoning(spec: JobSpec) -> bool:
+    """Whether answers carry ``message.reasoning``, as asked: ``reasoning_format = "parsed"``,
+    ``include_reasoning = true``, or a ``reasoning_effort`` other than ``none`` (GPT-OSS returns
+    its reasoning unless told not to) — and not turned off by ``include_reasoning = false``."""
+    prompt = spec.prompt
+    if (prompt.include_reasoning is False or prompt.reasoning_format in ("raw", "hidden")
+            or prompt.reasoning_effort == "none"):
+        return False
+    return (prompt.reasoning_format == "parsed" or prompt.include_reasoning is True
+            or prompt.reasoning_effort is not None)
 
 
 def _survey(spec: JobSpec) -> dict[str, str | None]:
@@ -346,7 +386,18 @@ def _record(row: Mapping[str, Any], key: str, outcome: RowOutcome | None, status
         values = parsed if isinstance(parsed, Mapping) else {}
         for name in layout.fields:
             record[layout.field_column(name, inputs)] = values.get(name)
+    if layout.reasoning:
+        record[REASONING_COLUMN] = _reasoning(body)
     return record
+
+
+def _reasoning(body: Any) -> str | None:
+    """The ``message.reasoning`` of a chat completion's first choice, if it has one."""
+    choices = body.get("choices") if isinstance(body, Mapping) else None
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, Mapping) else None
+    reasoning = message.get("reasoning") if isinstance(message, Mapping) else None
+    return reasoning if isinstance(reasoning, str) else None
 
 
 def _keyed_chunks(spec: JobSpec) -> Iterator[list[tuple[str, dict[str, Any]]]]:
@@ -361,19 +412,25 @@ def _joined_chunks(spec: JobSpec, ledger: Ledger, layout: _Layout, validator: Ou
                    report: ExportReport, *, only_succeeded: bool,
                    since: float | None) -> Iterator[list[dict[str, Any]]]:
     """The job's input rows joined to their outcomes, a chunk at a time, filtered."""
+    samples = range(layout.samples)
     for chunk in _keyed_chunks(spec):
-        outcomes = ledger.row_outcomes(spec.name, {key for key, _ in chunk})
+        outcomes = ledger.row_outcomes(
+            spec.name, {sample_row_key(key, i) for key, _ in chunk for i in samples})
         records = []
         for key, row in chunk:
-            outcome = outcomes.get(key)
-            status = _status(outcome)
-            if (only_succeeded and status != SUCCEEDED) or (since is not None and not (
-                    outcome is not None and outcome.received_at is not None
-                    and outcome.received_at > since)):
-                report.left_out += 1
-                continue
-            records.append(_record(row, key, outcome, status, layout, validator))
-            report.statuses[status] = report.statuses.get(status, 0) + 1
+            for sample in samples:
+                outcome = outcomes.get(sample_row_key(key, sample))
+                status = _status(outcome)
+                if (only_succeeded and status != SUCCEEDED) or (since is not None and not (
+                        outcome is not None and outcome.received_at is not None
+                        and outcome.received_at > since)):
+                    report.left_out += 1
+                    continue
+                record = _record(row, key, outcome, status, layout, validator)
+                if layout.samples > 1:
+                    record[SAMPLE_COLUMN] = sample
+                records.append(record)
+                report.statuses[status] = report.statuses.get(status, 0) + 1
         yield records
 
 
@@ -381,8 +438,7 @@ def iter_results(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False)
     """Each input row as a dict joined to its answer — the records :func:`export_job` writes
     to JSONL — streamed, without writing a file or recording an export."""
     validator = OutputValidator.for_job(spec)
-    layout = _Layout(validator.fields if validator else (),
-                     {n: _field_kind(s) for n, s in validator.field_schemas.items()} if validator else {})
+    layout = _layout_for(spec, validator)
     report = ExportReport(job=spec.name, path="", format="jsonl", since=None, exported_at="")
     for records in _joined_chunks(spec, ledger, layout, validator, report,
                                   only_succeeded=only_succeeded, since=None):
@@ -451,8 +507,7 @@ def export_job(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False,
     report = ExportReport(job=spec.name, path=str(target), format=fmt,
                           since=_utc(since) if since is not None else None,
                           exported_at=_utc(exported_at))
-    layout = _Layout(validator.fields if validator else (),
-                     {n: _field_kind(s) for n, s in validator.field_schemas.items()} if validator else {})
+    layout = _layout_for(spec, validator)
     if fmt != "jsonl":
         layout.inputs = _survey(spec)
     temporary = target.with_name(f"{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")

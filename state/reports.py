@@ -17,6 +17,7 @@ from state.records import OpenRequest
 from state.status import RequestStatus, RowStatus
 
 __all__ = [
+    "SAMPLE_KEY_MARK",
     "answered_ids",
     "iter_requests",
     "kept_answers",
@@ -90,12 +91,17 @@ def open_request_counts(db: Database, job: str) -> dict[str, int]:
         for status, count in connection.execute(query):
             counts[status] = count
     return counts
+SAMPLE_KEY_MARK = "#sample-"
+"""Rows recorded under ``<key>#sample-<i>`` are further samples of the input row ``<key>``
+(``[prompt] samples``): not counted again as input rows."""
+_FIRST_SAMPLES = t.rows.c.row_key.not_like(f"%{SAMPLE_KEY_MARK}%")
 
 
 def row_counts(db: Database, job: str) -> dict[str, int]:
     """See :meth:`state.Ledger.row_counts`."""
     query = (
-        select(t.rows.c.status, func.count()).where(t.rows.c.job == job).group_by(t.rows.c.status)
+        select(t.rows.c.status, func.count()).where(t.rows.c.job == job, _FIRST_SAMPLES)
+        .group_by(t.rows.c.status)
     )
     counts = {str(status): 0 for status in RowStatus}
     with db.transaction("row_counts", write=False) as connection:
@@ -108,7 +114,7 @@ def rejected_rows(db: Database, job: str, limit: int = 20) -> list[tuple[str, in
     """See :meth:`state.Ledger.rejected_rows`."""
     query = (
         select(t.rows.c.row_key, t.rows.c.row_index, t.rows.c.reason)
-        .where(t.rows.c.job == job, t.rows.c.status == _REJECTED)
+        .where(t.rows.c.job == job, t.rows.c.status == _REJECTED, _FIRST_SAMPLES)
         .order_by(t.rows.c.row_index)
         .limit(limit)
     )

@@ -4,12 +4,15 @@ ledger URLs on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from jobs.spec import STATE_DIR_ENV
 from pipeline.emulator import Emulator, EmulatorConfig, create_app
 from pipeline.emulator.config import DEFAULT_API_KEY
 from pipeline.emulator.serve import ThreadedServer
@@ -18,12 +21,29 @@ from tests.ledgers import SKIP_REASON, fresh_postgres_database, pg_available
 API_KEY = DEFAULT_API_KEY
 
 
+_SESSION_STATE = tempfile.mkdtemp(prefix="groqbatch-test-state-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Jobs' default state goes to a throwaway folder for the whole session, even from fixtures
+    wider than a test (each test then gets its own, below): never the user's state dir, and
+    never what an earlier command left there."""
+    os.environ.setdefault("NO_COLOR", "1")
+    os.environ[STATE_DIR_ENV] = _SESSION_STATE
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_SESSION_STATE, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
-def _no_outside_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never pick up a developer's real key or base URL."""
+def _no_outside_environment(monkeypatch: pytest.MonkeyPatch,
+                            tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never pick up a developer's real key or base URL, nor anyone's job state."""
     for name in ("GROQ_API_KEY", "GROQ_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL",
                  "GROQBATCH_LEDGER", "GROQBATCH_LEASE_S", "GROQBATCH_PRICES", "GROQBATCH_CRASH_AT"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture
@@ -83,6 +103,3 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def anyio_backend() -> str:
     return "asyncio"
 
-
-def pytest_configure(config: pytest.Config) -> None:
-    os.environ.setdefault("NO_COLOR", "1")

@@ -68,7 +68,14 @@ BASE_MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("qwen/qwen3-32b", "Alibaba Cloud", 1748396646, 131_072, 40_960,
               features=("json_mode", "reasoning")),
     ModelInfo("moonshotai/kimi-k2-instruct-0905", "Moonshot AI", 1757046093, 262_144, 16_384),
+    ModelInfo("meta-llama/llama-guard-4-12b", "Meta", 1746037200, 131_072, 1_024,
+              features=("moderation",), input_modalities=("text", "image")),
 )
+
+GUARD_MODEL = "meta-llama/llama-guard-4-12b"
+"""Llama Guard 4: answers ``safe`` or ``unsafe\nS1,S2`` (see :mod:`.moderation`)."""
+MODEL_ALIASES: dict[str, str] = {"meta-llama/Llama-Guard-4-12B": GUARD_MODEL}
+"""Ids the docs also use for a model (Groq's moderation page writes Llama Guard's this way)."""
 
 LORA_BASE_MODELS: frozenset[str] = frozenset({"llama-3.1-8b-instant"})
 """Base models that accept LoRA adapters (Groq's "LoRA Inference" page)."""
@@ -83,7 +90,7 @@ class ModelRegistry:
 
     def get(self, model_id: str) -> ModelInfo | None:
         with self._lock:
-            return self._models.get(model_id)
+            return self._models.get(model_id) or self._models.get(MODEL_ALIASES.get(model_id, ""))
 
     def require(self, model_id: str) -> ModelInfo:
         """The model, or a 404 ``model_not_found`` problem."""

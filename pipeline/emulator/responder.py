@@ -33,7 +33,8 @@ import orjson
 
 from .errors import bad_request
 from .ids import chat_completion_id, new_id
-from .models import ModelInfo, ModelRegistry
+from .models import GUARD_MODEL, ModelInfo, ModelRegistry
+from .moderation import verdict
 from .schema_fill import SchemaError, fill
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -69,6 +70,12 @@ class ChatRequest:
     seed: int | None
     service_tier: str | None
     last_user_text: str
+    reasoning: str | None = None
+    """How reasoning comes back: ``parsed`` (``message.reasoning``), ``raw`` (``<think>`` in the
+    content) or None (none: a model that does not reason, ``hidden``, or
+    ``include_reasoning: false``)."""
+    screened_texts: tuple[str, ...] = ()
+    """The user and assistant turns' text: what Llama Guard screens."""
 
 
 def _number(body: Mapping[str, Any], name: str) -> float | None:
@@ -130,6 +137,37 @@ def _content_text(content: Any, index: int, model: ModelInfo) -> tuple[str, int]
                 param=part_where,
             )
     return " ".join(texts), images
+
+
+def _reasoning_mode(body: Mapping[str, Any], model: ModelInfo) -> str | None:
+    """How ``model`` returns its reasoning for ``body`` (Groq's "Reasoning" page): GPT-OSS in
+    ``message.reasoning`` unless ``include_reasoning: false``; Qwen 3 by ``reasoning_format``,
+    ``raw`` by default but ``parsed`` with JSON mode or tools, where ``raw`` is refused."""
+    fmt = body.get("reasoning_format")
+    include = body.get("include_reasoning")
+    if fmt is not None and include is not None:
+        raise bad_request("`reasoning_format` and `include_reasoning` are mutually exclusive",
+                          param="reasoning_format")
+    if fmt is not None and fmt not in ("parsed", "raw", "hidden"):
+        raise bad_request("`reasoning_format` must be one of `parsed`, `raw`, `hidden`",
+                          param="reasoning_format")
+    if include is not None and not isinstance(include, bool):
+        raise bad_request("`include_reasoning` must be a boolean", param="include_reasoning")
+    if "reasoning" not in model.features:
+        return None
+    if body.get("reasoning_effort") == "none" or include is False or fmt == "hidden":
+        return None
+    if model.id.startswith("openai/gpt-oss"):
+        return "parsed"
+    response_format = body.get("response_format")
+    structured = isinstance(response_format, Mapping) and response_format.get("type") in (
+        "json_object", "json_schema")
+    if structured or body.get("tools"):
+        if fmt == "raw":
+            raise bad_request("`reasoning_format` must be `parsed` or `hidden` with JSON mode or "
+                              "tool use", param="reasoning_format")
+        return "parsed"
+    return "parsed" if fmt == "parsed" or include is True else "raw"
 
 
 def _validate_messages(raw: Any, model: ModelInfo) -> tuple[list[dict[str, Any]], int, str]:
@@ -228,6 +266,11 @@ def validate(body: Mapping[str, Any], models: ModelRegistry) -> ChatRequest:
         seed=seed,
         service_tier=tier,
         last_user_text=last_user,
+        reasoning=_reasoning_mode(body, model),
+        screened_texts=tuple(_content_text(m.get("content"), i, model)[0]
+                             for i, m in enumerate(messages)
+                             if m.get("role") in ("user", "assistant"))
+        if model.id == GUARD_MODEL else (),
     )
 
 
@@ -251,6 +294,9 @@ class Responder:
                at: float | None = None) -> dict[str, Any]:
         digest = _digest(request)
         content = self._content(request, digest)
+        reasoning = _reasoning_text(request, digest) if request.reasoning else None
+        if reasoning is not None and request.reasoning == "raw":
+            content, reasoning = f"<think>\n{reasoning}\n</think>\n\n{content}", None
         finish_reason = "stop"
         for stop in request.stop:
             if stop in content:
@@ -260,6 +306,10 @@ class Responder:
             content = content[: limit * CHARS_PER_TOKEN]
             finish_reason = "length"
         completion_tokens = estimate_tokens(content)
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if reasoning is not None:  # reasoning tokens are completion tokens too
+            message["reasoning"] = reasoning
+            completion_tokens += estimate_tokens(reasoning)
         model = request.model
         return {
             "id": chat_completion_id(),
@@ -269,7 +319,7 @@ class Responder:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": content},
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": finish_reason,
                 }
@@ -282,6 +332,8 @@ class Responder:
         }
 
     def _content(self, request: ChatRequest, digest: bytes) -> str:
+        if request.model.id == GUARD_MODEL:
+            return verdict(request.screened_texts)
         words = _WORD.findall(request.last_user_text)
         fmt = (request.response_format or {}).get("type", "text")
         if fmt == "json_schema":
@@ -325,6 +377,14 @@ def _prose(request: ChatRequest, words: list[str], digest: bytes) -> str:
         body = " ".join(reversed(filler)).upper()
         return f'[LoRA {model.adapter_name}] REPLY {tag} TO "{snippet.upper()}" » {body}.'
     return f'Reply {tag} to "{snippet}": {" ".join(filler).capitalize()}.'
+
+
+def _reasoning_text(request: ChatRequest, digest: bytes) -> str:
+    """The reasoning a reasoning model shows: deterministic, naming the request's digest."""
+    snippet = " ".join(_WORD.findall(request.last_user_text)[:SNIPPET_WORDS])
+    steps = 2 + digest[5] % 3
+    return (f'Thinking about "{snippet}" (request {digest.hex()[:12]}): '
+            + " ".join(f"step {i + 1} checks the request." for i in range(steps)))
 
 
 def _seed_of(request: ChatRequest, digest: bytes) -> int:

@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 import orjson
 
+from jobs import load_job
 from pipeline.faultpoints import ENV_VAR, POINTS
 from state import Ledger, RequestStatus
 from tests.e2e.cli import clean_env, groqbatch_command
@@ -146,7 +147,7 @@ class Audit:
 
 def audit(config: Path, job: str, server_url: str, api_key: str) -> Audit:
     """Compare the job's ledger with the server (see the module docstring)."""
-    ledger_path = config.parent / ".groqbatch" / f"{job}.sqlite"
+    ledger_path = load_job(config).ledger_target
     report = Audit()
     with httpx.Client(base_url=server_url, headers={"Authorization": f"Bearer {api_key}"},
                       timeout=30) as http:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.spec import state_root
 from tests.e2e.cli import run_cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -61,6 +62,7 @@ def test_plan_spends_nothing_and_writes_nothing(tmp_path: Path) -> None:
     assert [s["lines"] for s in plan["compile"]["shards"]] == [8, 8, 4]
     assert plan["cost_batch_usd"] == pytest.approx(plan["cost_on_demand_usd"] / 2)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "no ledger, no shards"
+    assert not any(state_root().iterdir()), "no ledger, no shards in the state dir either"
     table = run_cli("plan", str(config))
     assert table.returncode == 0
     assert "to send" in table.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jobs import load_job
 from tests.e2e.cli import run_cli
 from tests.integration.lifecycle import write_job
 
@@ -58,5 +59,5 @@ def test_a_dollar_budget_on_an_unpriced_model_is_refused_before_spending(tmp_pat
         first = result.stderr.splitlines()[0]
         assert "policy.budget.max_dollars" in first
         assert "llama-3.1-8b-instant" in first
-    assert not (tmp_path / ".groqbatch").exists() or not any(
-        (tmp_path / ".groqbatch").glob("**/shards/*.jsonl"))
+    workdir = load_job(config).workdir_path
+    assert not workdir.exists() or not any(workdir.glob("shards/*.jsonl"))

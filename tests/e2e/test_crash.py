@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from jobs import load_job
 from tests.e2e.cli import ServeProcess
 from tests.e2e.crash import CRASH_POINTS, SERVE_ARGS, Kill, audit, random_kills, run_trial
 
@@ -70,7 +71,7 @@ def test_the_audit_sees_a_double_batch_and_an_orphan_upload(
     config = tmp_path / job / "job.toml"
     from state import Ledger
 
-    with Ledger.open(tmp_path / job / ".groqbatch" / f"{job}.sqlite") as ledger:
+    with Ledger.open(load_job(config).ledger_target) as ledger:
         shard = ledger.shards(job)[0]
     with httpx.Client(base_url=serve.url, headers={"Authorization": f"Bearer {serve.api_key}"}) as http:
         stray = Path(shard["path"]).read_bytes()

@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from jobs import load_job
 from state.engine import decompress
 from tests.e2e.cli import ServeProcess, clean_env, groqbatch_command, run_cli
 
@@ -71,7 +72,7 @@ def test_a_kill_during_the_fallback_then_a_rerun_answers_every_request_once(
     serve: ServeProcess, tmp_path: Path
 ) -> None:
     config = write_job(tmp_path / "job", serve.url)
-    ledger = tmp_path / "job" / ".groqbatch" / "flexkill.sqlite"
+    ledger = Path(load_job(config).ledger_target)
     log = (tmp_path / "killed-run.log").open("wb")
     proc = subprocess.Popen([*groqbatch_command(), "run", "--quiet", str(config)],
                             stdout=log, stderr=log, env=clean_env(), cwd=config.parent)
@@ -150,7 +151,7 @@ def test_kills_mid_call_are_not_failed_attempts(tmp_path: Path) -> None:
             '[policy]\nmode = "sync"\n'
             "[policy.fallback]\nconcurrency = 5\nmax_attempts = 2\n"
         )
-        ledger = folder / ".groqbatch" / "slowsync.sqlite"
+        ledger = Path(load_job(config).ledger_target)
         for _ in range(3):
             proc = subprocess.Popen([*groqbatch_command(), "run", "--quiet", str(config)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

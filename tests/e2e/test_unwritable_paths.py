@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs import load_job
 from tests.e2e.cli import clean_env, groqbatch_command, run_cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -50,7 +51,7 @@ def test_a_ledger_under_a_file_stops_run_with_exit_3_naming_it(tmp_path: Path) -
     result = run_cli("run", "--quiet", str(config))
     assert_clean_error(result, 3, f"error: cannot create the ledger at {ledger}: "
                                   f"{tmp_path / 'afile'} is a file, not a folder")
-    assert not (tmp_path / "configs" / ".groqbatch").exists()  # nothing ran
+    assert not load_job(config).workdir_path.exists()  # nothing ran
 
 
 def test_status_of_a_ledger_under_a_file(tmp_path: Path) -> None:
@@ -119,9 +120,11 @@ def test_a_read_only_folder_is_permission_denied_naming_the_path(shared_folder: 
 
     def as_user(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*prefix, *groqbatch_command(), *args], capture_output=True,
-                              text=True, timeout=120, env=clean_env(), check=False)
+                              text=True, timeout=120, check=False,
+                              env=clean_env(GROQBATCH_STATE_DIR=str(shared_folder / "state")))
 
     config = quickstart(shared_folder, ledger="../ro/ledger.sqlite")
+    (shared_folder / "state").mkdir()  # the user's state dir (the test's own is private)
     for path in [shared_folder, *shared_folder.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)
     read_only = shared_folder / "ro"

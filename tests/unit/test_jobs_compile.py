@@ -149,7 +149,7 @@ def test_plan_persists_nothing_and_prices(tmp_path: Path, ledger: Ledger) -> Non
     prompt = plan.compile.est_prompt_tokens
     assert plan.cost_batch_usd == pytest.approx((prompt * 0.05 + 900 * 0.08) / 1e6 / 2, abs=1e-6)
     assert ledger.request_counts("job") == {s: 0 for s in ledger.request_counts("job")}
-    assert not (tmp_path / ".groqbatch").exists()
+    assert not spec.workdir_path.exists()
     json.dumps(plan.as_dict())
     # the same plan's sizes as the real compile's
     report = compile_job(spec, ledger)

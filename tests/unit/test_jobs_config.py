@@ -96,8 +96,9 @@ def test_defaults_and_resolved_paths(tmp_path: Path) -> None:
     spec = load_job(write(tmp_path, BASE_TOML))
     assert spec.backend == "groq"
     assert spec.input_path == tmp_path / "rows.jsonl"
-    assert spec.ledger_target == str(tmp_path / ".groqbatch" / "t.sqlite")
-    assert spec.workdir_path == tmp_path / ".groqbatch" / "t"
+    assert spec.ledger_target == str(spec.state_dir / "t.sqlite")
+    assert spec.workdir_path == spec.state_dir / "t"
+    assert not spec.state_dir.is_relative_to(tmp_path)  # state is kept out of the config's folder
     assert spec.policy.max_lines_per_shard == 50_000
     assert spec.policy.max_bytes_per_shard == 100_000_000
     assert spec.policy.fallback.triggers[0] == "expired"
