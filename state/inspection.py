@@ -67,8 +67,10 @@ def journey(db: Database, job: str, key: str, *, max_rows: int = 20) -> dict[str
         ).mappings()] if custom_id is not None else []
         if found is None and not sharing:
             return None
-        rows = sharing if found is None or found["custom_id"] is not None else [
-            {k: found[k] for k in ("row_key", "row_index", "status", "reason")}]
+        rows = sharing
+        if found is not None:  # the row asked for first, then those sharing its request
+            rows = [{k: found[k] for k in ("row_key", "row_index", "status", "reason")},
+                    *(row for row in sharing if row["row_key"] != key)]
         request = None
         if custom_id is not None:
             request = connection.execute(
