@@ -43,10 +43,10 @@ def run_options(*names: str) -> Callable[[click.Command], click.Command]:
     return decorate
 
 
-def _when(stamp: float | None) -> str:
+def _when(stamp: float | None, form: str = "%Y-%m-%d %H:%M UTC") -> str:
     if stamp is None:
         return "-"
-    return dt.datetime.fromtimestamp(stamp, tz=dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return dt.datetime.fromtimestamp(stamp, tz=dt.UTC).strftime(form)
 
 
 def _short(value: Any, limit: int = 160) -> str:
@@ -238,17 +238,20 @@ def jobs(ledger_url: str | None, config: Path | None, as_json: bool) -> None:
         click.echo(f"no jobs in {target}")
         return
     width = max(4, *(len(job["name"]) for job in listed))
-    click.echo(f"{'job':<{width}}  {'state':<10}  {'done':>11}  {'failed':>6}  {'open':>6}  "
-               f"{'cost':>10}  {'runs':>4}  last run")
+    click.echo(f"{'job':<{width}}  {'state':<10}  {'done':>8}  {'failed':>6}  {'open':>5}  "
+               f"{'cost':>9}  {'runs':>4}  last run (UTC)")
     for job in listed:
         requests = job["requests"]
         total = sum(requests.values())
-        settled = requests["succeeded"] + requests["failed"]
         done = f"{requests['succeeded']}/{total}"
-        click.echo(f"{job['name']:<{width}}  {job['state']:<10}  {done:>11}  "
-                   f"{requests['failed']:>6}  {total - settled:>6}  "
-                   f"{'$' + format(job['spend']['cost_usd'], '.6f'):>10}  {job['runs']:>4}  "
-                   f"{_when(job['last_started_at'])}")
+        left = total - requests["succeeded"] - requests["failed"]
+        click.echo(f"{job['name']:<{width}}  {job['state']:<10}  {done:>8}  "
+                   f"{requests['failed']:>6}  {left:>5}  {_dollars(job['spend']['cost_usd']):>9}  "
+                   f"{job['runs']:>4}  {_when(job['last_started_at'], '%m-%d %H:%M')}")
+
+
+def _dollars(amount: float) -> str:
+    return f"${amount:.6f}" if amount < 1 else f"${amount:,.2f}"
 
 
 # -- gc -----------------------------------------------------------------------------------------
