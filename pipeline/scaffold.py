@@ -11,6 +11,7 @@ Groq. Existing files are never overwritten unless ``force`` is given.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,7 +105,7 @@ def job_name_for(directory: Path) -> str:
     return slug if slug and slug[0].isalnum() else "my-job"
 
 
-def init_job(directory: str | Path = ".", *, force: bool = False,
+def init_job(directory: str | os.PathLike[str] = ".", *, force: bool = False,
              name: str | None = None) -> InitReport:
     """Write ``DIR/job.toml`` (commented) and ``DIR/data/sample.jsonl`` (five rows).
 
