@@ -300,12 +300,13 @@ def gc(config: Path, remote: bool, local: bool, older_than: str | None, dry_run:
         parts.append(f"{report.local_freed['files']} local files "
                      f"({_bytes(report.local_freed['bytes'])})")
     click.echo(f"{verb} {' and '.join(parts)} of job {report.job!r}")
-    kept = report.kept
-    if kept["shards_not_done"] or kept["shards_too_recent"]:
-        click.echo(f"kept the files of {kept['shards_not_done']} shards still in use and "
-                   f"{kept['shards_too_recent']} finished more recently than {older_than}"
-                   if kept["shards_too_recent"] else
-                   f"kept the files of {kept['shards_not_done']} shards still in use "
-                   "(batch not finished, claimed by a worker, or requests open)")
+    kept = []
+    if report.kept["shards_not_done"]:
+        kept.append(f"{report.kept['shards_not_done']} shards still in use (batch not finished, "
+                    "claimed by a worker, or requests open)")
+    if report.kept["shards_too_recent"]:
+        kept.append(f"{report.kept['shards_too_recent']} shards finished less than {older_than} ago")
+    if kept:
+        click.echo(f"kept the files of {' and '.join(kept)}")
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
