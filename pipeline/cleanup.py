@@ -9,8 +9,8 @@ it has settled (succeeded or failed). Only a done shard's files are deleted:
 
 - **remote** — its batch input file, and the batch's output and error files, through the
   Files API's ``DELETE``. A file some other shard (of any job) still needs is kept. A server
-  that has no ``DELETE`` (404/405/501 on the first one) is skipped with a note; a file already
-  gone (404) counts as deleted. Deleted ids are recorded in the ledger, so a later gc does not
+  that has no ``DELETE`` (405/501, or a 404 for a file it still lists) is skipped with a note; a
+  file already gone (404 on both) counts as deleted. Deleted ids are recorded in the ledger, so a later gc does not
   ask for them again.
 - **local** — in the job's workdir only: its shard file (``shards/<sha256>.jsonl``, kept while
   any shard of that content, of any job, is not done), files rebuilt from the ledger
@@ -136,16 +136,26 @@ async def _gc_remote(ledger: Ledger, client: GroqClient, job: str,
             try:
                 await client.delete_file(file_id)
             except APIError as exc:
-                if exc.status_code == 404:  # gone already (deleted elsewhere, or expired)
-                    deleted = DeletedFile(job, "remote", file_id, kind, shard["key"], 0)
-                elif exc.status_code in OPTIONAL_REFUSED:
+                if exc.status_code not in OPTIONAL_REFUSED:
+                    raise
+                if exc.status_code != 404 or await _still_there(client, file_id):
                     report.notes.append(f"the server does not delete files (HTTP "
                                         f"{exc.status_code}): remote files were left as they are")
                     return
-                else:
-                    raise
+                # Gone already (deleted elsewhere, or past the server's retention).
+                deleted = DeletedFile(job, "remote", file_id, kind, shard["key"], 0)
             ledger.record_deleted_files([deleted])
         report.add(deleted)
+
+
+async def _still_there(client: GroqClient, file_id: str) -> bool:
+    """After a 404 on ``DELETE``: whether the file is still there (the server has no such
+    route) rather than gone."""
+    try:
+        await client.get_file(file_id)
+    except APIError:
+        return False
+    return True
 
 
 async def _remote_size(client: GroqClient, file_id: str) -> int | None:

@@ -8,13 +8,16 @@ import time
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from jobs import compile_job, job_from_dict, load_job
 from pipeline.catalog import list_jobs
-from pipeline.cleanup import WRITE_GRACE_S, gc_job
+from pipeline.cleanup import WRITE_GRACE_S, GcReport, _gc_remote, gc_job
+from pipeline.client import GroqClient
 from pipeline.errors import ConfigError
 from pipeline.resend import parse_where, retry_job, select_failed
+from pipeline.retry import RetryPolicy
 from pipeline.scaffold import CONFIG_NAME, SAMPLE_PATH, init_job, job_name_for
 from state import Ledger, RequestStatus, ResultRecord, ResultSource, ShardStep
 
@@ -179,3 +182,45 @@ def test_local_gc_deletes_only_done_shards_files(tmp_path: Path) -> None:
         assert {Path(f.name) for f in ledger.deleted_files("lib", "local")} == deleted
     again = anyio.run(lambda: gc_job(spec, remote=False))
     assert again.local_freed["files"] == 0
+
+
+def _server(delete_status: int, get_status: int) -> httpx.MockTransport:
+    """A server whose ``DELETE /files/{id}`` answers ``delete_status`` and whose
+    ``GET /files/{id}`` answers ``get_status`` (the published seam of :class:`GroqClient`)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        file_id = request.url.path.rsplit("/", 1)[-1]
+        status = delete_status if request.method == "DELETE" else get_status
+        if status == 200:
+            return httpx.Response(200, json={"id": file_id, "object": "file", "bytes": 42,
+                                             "created_at": 1, "filename": "f", "purpose": "batch"})
+        return httpx.Response(status, json={"error": {"message": "no", "type": "invalid_request_error"}})
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize(("delete_status", "get_status", "recorded", "noted"), [
+    (405, 200, 0, True),   # no DELETE route
+    (404, 200, 0, True),   # a 404 for a file the server still has: no DELETE route either
+    (404, 404, 6, False),  # gone already: recorded, never asked again
+])
+def test_remote_gc_on_servers_without_delete_or_with_files_gone(
+        tmp_path: Path, delete_status: int, get_status: int, recorded: int, noted: bool) -> None:
+    spec, ledger = _job(tmp_path)
+    with ledger:
+        _settle(ledger, spec, failed=set())
+        done = {s["key"]: s for s in ledger.gc_shards("lib")}
+        report = GcReport(job="lib", dry_run=False, remote=True, local=False)
+
+        async def go() -> None:
+            async with GroqClient("http://files.test", "key",
+                                  transport=_server(delete_status, get_status),
+                                  retry=RetryPolicy(max_attempts=1)) as client:
+                await _gc_remote(ledger, client, "lib", done, report)
+
+        anyio.run(go)
+        assert len(ledger.deleted_files("lib", "remote")) == recorded
+    assert report.remote_freed["files"] == recorded  # 3 inputs and 3 outputs, when gone
+    assert bool(report.notes) is noted
+    if noted:
+        assert report.notes[0].startswith(f"the server does not delete files (HTTP {delete_status})")
