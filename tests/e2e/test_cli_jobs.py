@@ -68,7 +68,10 @@ def test_plan_spends_nothing_and_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help_and_is_in_the_readme() -> None:
-    readme = (CONFIGS.parent / "README.md").read_text()
+    # The README, or a page of the documentation site (docs/src/).
+    root = CONFIGS.parent
+    readme = "\n".join(p.read_text() for p in [root / "README.md",
+                                                *sorted((root / "docs" / "src").rglob("*.md"))])
     listing = run_cli("--help").stdout
     commands = [line.split()[0] for line in listing.split("Commands:")[1].strip().splitlines()]
     assert commands
