@@ -15,11 +15,16 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _API = {
+    "gc": "pipeline.api",
+    "init": "pipeline.api",
+    "inspect": "pipeline.api",
     "job_from_dict": "pipeline.api",
+    "list_jobs": "pipeline.api",
     "load": "pipeline.api",
     "plan": "pipeline.api",
     "results": "pipeline.api",
     "results_frame": "pipeline.api",
+    "retry_failed": "pipeline.api",
     "run": "pipeline.api",
     "run_async": "pipeline.api",
     "RunSummary": "pipeline.runner",
@@ -38,18 +43,36 @@ __all__ = [
     "PlanReport",
     "RunSummary",
     "__version__",
+    "gc",
+    "init",
+    "inspect",
     "job_from_dict",
+    "list_jobs",
     "load",
     "plan",
     "results",
     "results_frame",
+    "retry_failed",
     "run",
     "run_async",
 ]
 
 if TYPE_CHECKING:
     from jobs import JobSpec, PlanReport
-    from pipeline.api import job_from_dict, load, plan, results, results_frame, run, run_async
+    from pipeline.api import (
+        gc,
+        init,
+        inspect,
+        job_from_dict,
+        list_jobs,
+        load,
+        plan,
+        results,
+        results_frame,
+        retry_failed,
+        run,
+        run_async,
+    )
     from pipeline.client import GroqClient
     from pipeline.errors import ConfigError, GroqBatchError
     from pipeline.runner import RunSummary

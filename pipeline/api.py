@@ -9,6 +9,11 @@
         print(row["ticket_id"], row["groqbatch_answer"])
     frame = groqbatch.results_frame(job)                    # pandas (or library="polars")
 
+Housekeeping: ``groqbatch.init("my-job")`` writes a job that runs as it is;
+``groqbatch.retry_failed(job)`` sends failed requests again; ``groqbatch.inspect(job, "T0001")`` is one
+row's journey; ``groqbatch.list_jobs(ledger)`` the jobs of a ledger; ``groqbatch.gc(job)``
+deletes files nothing needs any more.
+
 In async code use ``await groqbatch.run_async(job)``. Every function takes a loaded job or a
 config path; errors are those of :mod:`pipeline.errors` (``ConfigError`` names the file,
 line and field).
@@ -26,13 +31,19 @@ import anyio
 from jobs import JobSpec, PlanReport, job_from_dict, load_job
 from jobs.load import with_ledger
 
+from . import catalog
+from .cleanup import GcReport, gc_job
 from .errors import ConfigError
 from .export import iter_results
+from .journey import inspect_row
 from .planning import existing_ledger, plan_config
+from .resend import RetryReport, retry_job
 from .runner import RunSummary, run_job
+from .scaffold import InitReport, init_job
 from .workers import Worker
 
-__all__ = ["job_from_dict", "load", "plan", "results", "results_frame", "run", "run_async"]
+__all__ = ["gc", "init", "inspect", "job_from_dict", "list_jobs", "load", "plan", "results",
+           "results_frame", "retry_failed", "run", "run_async"]
 
 JobLike = JobSpec | str | os.PathLike[str]
 
@@ -101,3 +112,44 @@ def results_frame(job: JobLike, *, only_succeeded: bool = False,
     except ImportError:
         raise ConfigError(f"results_frame needs {library}: pip install {library}",
                           field="library") from None
+
+
+def init(directory: str | os.PathLike[str] = ".", *, force: bool = False,
+         name: str | None = None) -> InitReport:
+    """Write a commented job config (``DIR/job.toml``) and a sample input that run as they are
+    on the local server; refuses to overwrite unless ``force`` (:func:`pipeline.scaffold.init_job`)."""
+    return init_job(directory, force=force, name=name)
+
+
+def retry_failed(job: JobLike, *, failed: bool = True, invalid_output: bool = True,
+          where: dict[str, list[str]] | None = None, run: bool = True, wait: bool = True,
+          run_name: str | None = None, ledger: str | None = None,
+          worker_id: str | None = None) -> RetryReport:
+    """Reopen the job's failed requests (of rows matching ``where``) and — unless ``run`` is
+    False — run the job to send them again (:func:`pipeline.resend.retry_job`)."""
+    spec, config = _job(job)
+    if ledger is not None:
+        spec = with_ledger(spec, ledger)
+    return anyio.run(lambda: retry_job(spec, failed=failed, invalid_output=invalid_output,
+                                       where=where, run=run, wait=wait, run_name=run_name,
+                                       config_path=config, worker=Worker.make(worker_id)))
+
+
+def inspect(job: JobLike, key: str) -> dict[str, Any]:
+    """One row's (or request's) journey: input row, request, shard, batch, attempts, result,
+    error and cost (:func:`pipeline.journey.inspect_row`)."""
+    return inspect_row(_job(job)[0], key)
+
+
+def list_jobs(ledger: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The jobs a ledger holds, with state, counts and spend (:func:`pipeline.catalog.list_jobs`)."""
+    return catalog.list_jobs(ledger)
+
+
+def gc(job: JobLike, *, remote: bool = True, local: bool = True,
+       older_than_s: float | None = None, dry_run: bool = False) -> GcReport:
+    """Delete the job's remote and local files nothing needs any more
+    (:func:`pipeline.cleanup.gc_job`)."""
+    spec, _ = _job(job)
+    return anyio.run(lambda: gc_job(spec, remote=remote, local=local, older_than_s=older_than_s,
+                                    dry_run=dry_run))

@@ -531,3 +531,8 @@ def adapters_delete(name: str, config: Path | None, ledger: str | None, backend:
         return
     gone = " (it was gone from the account already)" if report.already_gone else ""
     click.echo(f"adapter {name!r} deleted{gone}: {report.model_id or 'no ft: model'}")
+
+
+# -- init, retry, inspect, jobs, gc (pipeline/commands.py registers them on `main`) --------------
+
+from . import commands as _commands  # noqa: E402, F401  (they use the options defined above)

@@ -27,7 +27,7 @@ import orjson
 from sqlalchemy import Connection, Update, bindparam, insert, select, update
 
 from pipeline.errors import LedgerError
-from state import claims, exports, inputs, reports
+from state import claims, cleanup, exports, inputs, inspection, reports, retries
 from state import evaluations as scoring
 from state import results as reconcile
 from state import schema as t
@@ -656,6 +656,50 @@ class Ledger:
         with self._db.transaction("adapters", write=False) as connection:
             rows = connection.execute(query).mappings().all()
         return [AdapterRecord(**row) for row in rows]
+
+    # ---------------------------------------------------------------- retry, inspect, jobs, gc
+
+    def reopen_failed(self, job: str, *, failed: bool = True, invalid_output: bool = True,
+                      custom_ids: Iterable[str] | None = None,
+                      dry_run: bool = False) -> retries.ReopenCounts:
+        """Reopen the job's failed requests (failed → pending) for the next run to send again:
+        those that failed with an error (``failed``) and/or whose answer did not fit the output
+        schema (``invalid_output``), only those of ``custom_ids`` if given. Attempts count again
+        from 0; tokens and cost stay (they were paid); the stored result is copied to
+        ``result_history``. Guarded (``WHERE status = 'failed'``): safe while workers run, and
+        never touches a succeeded or open request. ``dry_run`` counts without moving anything.
+        See :mod:`state.retries`."""
+        return retries.reopen_failed(self._db, job, failed=failed, invalid_output=invalid_output,
+                                     custom_ids=custom_ids, dry_run=dry_run)
+
+    def journey(self, job: str, key: str) -> dict[str, Any] | None:
+        """One row's or request's journey — rows, request (body parsed), current result, replaced
+        results, shards — looked up by row key, else by custom_id; None if the job has neither."""
+        return inspection.journey(self._db, job, key)
+
+    def job_overviews(self) -> list[dict[str, Any]]:
+        """Every job in the ledger with its request and row counts, spend, open shards, runs and
+        live workers, by name."""
+        return inspection.job_overviews(self._db)
+
+    def gc_shards(self, job: str) -> list[dict[str, Any]]:
+        """The job's shards with what gc needs: files, step, ``final``, ``claimed`` (live) and
+        ``open_requests`` (requests of the shard not yet succeeded or failed)."""
+        return cleanup.gc_shards(self._db, job)
+
+    def files_in_use(self, *, sha256s: Iterable[str] = (),
+                     file_ids: Iterable[str] = ()) -> tuple[set[str], set[str]]:
+        """Of ``sha256s`` (shard contents) and ``file_ids`` (remote files), those some shard of any
+        job still needs: not final, claimed live, or with requests not settled."""
+        return cleanup.files_in_use(self._db, sha256s=sha256s, file_ids=file_ids)
+
+    def record_deleted_files(self, files: Iterable[cleanup.DeletedFile]) -> int:
+        """Record files gc deleted (a later gc does not ask for them again)."""
+        return cleanup.record_deleted_files(self._db, files)
+
+    def deleted_files(self, job: str, place: str | None = None) -> list[cleanup.DeletedFile]:
+        """The files gc deleted for a job (``remote`` or ``local`` only, if given)."""
+        return cleanup.deleted_files(self._db, job, place)
 
     # ---------------------------------------------------------------- helpers
 

@@ -41,6 +41,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Migration",
     "adapters",
+    "deleted_files",
     "ensure_schema",
     "evaluations",
     "exports",
@@ -268,6 +269,23 @@ exports = Table(
     Column("format", String, nullable=False),
     Column("rows", Integer, nullable=False),
     Index("ix_exports_job", "job", "exported_at"),
+)
+
+#: Files ``groqbatch gc`` deleted: remote files by id (so a later gc does not ask again) and
+#: local files by path, with the bytes each freed. A shard whose local file is gone is rebuilt
+#: from the ledger when needed (:func:`pipeline.submit.shard_file`).
+deleted_files = Table(
+    "deleted_files",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job", String, nullable=False),
+    Column("place", String, nullable=False),  # "remote" (a file id) or "local" (a path)
+    Column("name", Text, nullable=False),
+    Column("kind", String, nullable=False),  # input, output, error, shard, download
+    Column("shard_key", String, nullable=True),
+    Column("bytes", Integer, nullable=True),
+    Column("deleted_at", Float, nullable=False),
+    Index("ix_deleted_files_job", "job", "place", "name"),
 )
 
 adapters = Table(

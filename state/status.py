@@ -37,7 +37,8 @@ class RequestStatus(enum.StrEnum):
     SUBMITTED = "submitted"
     # Answered successfully; the result is in ``results``. Final (only ``refresh`` reopens it).
     SUCCEEDED = "succeeded"
-    # Answered with a permanent error (a 4xx other than 408/409/429/498). Final.
+    # Answered with a permanent error (a 4xx other than 408/409/429/498). Final (only
+    # ``groqbatch retry`` reopens it).
     FAILED = "failed"
     # Needs another try through flex: expired, missing, or a retryable error line/response.
     RETRYABLE = "retryable"
@@ -98,6 +99,7 @@ _R = RequestStatus
 
 #: Every move :meth:`state.Ledger.transition` accepts. ``succeeded → pending`` is not here:
 #: only :meth:`state.Ledger.refresh` may reopen an answered request, and it deletes the result.
+#: Nor is ``failed → pending``: only :meth:`state.Ledger.reopen_failed` (``groqbatch retry``) may.
 REQUEST_MOVES: frozenset[tuple[RequestStatus, RequestStatus]] = frozenset(
     {
         (_R.PENDING, _R.QUEUED),  # written into a shard

@@ -17,8 +17,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 def test_the_public_api_is_small_and_named() -> None:
     assert groqbatch.__all__ == [
         "ConfigError", "GroqBatchError", "GroqClient", "JobSpec", "PlanReport", "RunSummary",
-        "__version__", "job_from_dict", "load", "plan", "results", "results_frame", "run",
-        "run_async",
+        "__version__", "gc", "init", "inspect", "job_from_dict", "list_jobs", "load", "plan",
+        "results", "results_frame", "retry_failed", "run", "run_async",
     ]
     for name in groqbatch.__all__:
         assert getattr(groqbatch, name) is not None, name
@@ -78,3 +78,17 @@ async def test_run_async(quickstart: Path) -> None:
     summary = await groqbatch.run_async(quickstart, run_name="from-async")
     assert summary.finished
     assert summary.requests["succeeded"] == 20
+
+
+def test_init_run_inspect_retry_failed_list_jobs_gc(tmp_path: Path) -> None:
+    report = groqbatch.init(tmp_path / "demo")
+    summary = groqbatch.run(report.config)
+    assert summary.requests["succeeded"] == 5
+    journey = groqbatch.inspect(report.config, "r1")
+    assert (journey["row_key"], journey["status"]) == ("r1", "succeeded")
+    assert groqbatch.retry_failed(report.config).marked["total"] == 0  # nothing failed
+    listed = groqbatch.list_jobs(summary.ledger)
+    assert [(job["name"], job["state"]) for job in listed] == [("demo", "finished")]
+    freed = groqbatch.gc(report.config)
+    assert freed.local_freed["files"] == 1
+    assert freed.remote_freed["files"] >= 2  # the batch's input and output files
