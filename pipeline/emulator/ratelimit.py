@@ -38,7 +38,7 @@ DAY_S = 86_400.0
 UNLIMITED_REQUESTS = 1_000_000_000
 UNLIMITED_TOKENS = 1_000_000_000
 FLEX_FACTOR = 10
-"""Groq: the flex tier has "10x higher rate limits" (paid plans; the free plan's table × 10)."""
+"""Groq: the flex tier has "10x higher rate limits" (paid plans; the free plan's table times 10)."""
 
 
 def _plan(rpm: int, rpd: int, tpm: int, tpd: int) -> RateLimit:
