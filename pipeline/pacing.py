@@ -115,12 +115,19 @@ class Pacer:
         """Requests per second calls are spaced at; None until a 429 says to pace."""
         self.request_ceiling: float | None = None
         """``HEADROOM`` of the per-minute request limit a 429 stated, per second."""
+        self.request_burst = 1.0
+        """Calls that may go at once after a quiet spell: the stated per-minute limit (the
+        server's bucket holds that many), else 1 (calls evenly spaced)."""
         self.token_interval_s = 0.0
         """Spacing the minute's token window asks for; 0 while plenty is left."""
         self.stopped: DailyStop | None = None
+        self._tokens_seen = False
         self._not_before = 0.0
-        self._next_turn = 0.0
-        self._decreased_at = -math.inf
+        self._next_token_turn = 0.0
+        self._level = 0.0
+        """Calls the server's per-minute bucket holds by our reckoning, as of ``_level_at``."""
+        self._level_at = 0.0
+        self._refused_at = -math.inf
         self._increased_at = 0.0
         self._increase_per_s = 0.0
         self._answered: deque[float] = deque()
@@ -136,22 +143,26 @@ class Pacer:
 
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[float]:
-        """Wait until a call may go — past any pause, its turn when calls are spaced, a slot of
-        the slow-start window — and hold the slot while the call runs. Yields the time sent."""
+        """Wait until a call may go — past any pause, its turn by the request rate and the
+        token window, a slot of the slow-start window — and hold the slot while the call runs.
+        Yields the time it was let go."""
         while True:
             now = self.clock()
-            interval = self.interval_s
             if self.stopped is not None:
                 break  # the caller sends nothing more: no need to wait
             if self._in_flight >= self._window:
                 await self._slot_freed.wait()
                 continue
-            start = max(self._not_before, self._next_turn if interval else 0.0)
+            start = max(self._not_before, self._request_turn(now),
+                        self._next_token_turn if self.token_interval_s else 0.0)
             if start <= now:
                 break
             # A pause may grow, or the day's limit stop the stage, meanwhile: look again.
             await anyio.sleep(min(start - now, LOOK_AGAIN_S))
-        self._next_turn = max(now, self._next_turn) + interval
+        if self.request_rate is not None:
+            self._refill(now)
+            self._level = max(self._level - 1.0, 0.0)
+        self._next_token_turn = max(now, self._next_token_turn) + self.token_interval_s
         self._in_flight += 1
         try:
             yield now
@@ -159,6 +170,19 @@ class Pacer:
             self._in_flight -= 1
             self._slot_freed.set()
             self._slot_freed = anyio.Event()
+
+    def _refill(self, now: float) -> None:
+        if self.request_rate is not None and now > self._level_at:
+            self._level = min(self.request_burst, self._level + (now - self._level_at) * self.request_rate)
+        self._level_at = max(self._level_at, now)
+
+    def _request_turn(self, now: float) -> float:
+        """When the next call may go by the request rate (the per-minute bucket as we reckon
+        it: one call's worth refilled)."""
+        if self.request_rate is None:
+            return now
+        self._refill(now)
+        return now if self._level >= 1.0 else now + (1.0 - self._level) / self.request_rate
 
     def pause(self, seconds: float) -> None:
         """No call goes for ``seconds`` (every caller's, including those already waiting)."""
@@ -172,8 +196,11 @@ class Pacer:
         while self._answered and self._answered[0] < now - MEASURE_S:
             self._answered.popleft()
         if tokens_used:
-            self.tokens_per_call = 0.8 * self.tokens_per_call + 0.2 * tokens_used
+            self.tokens_per_call = (0.8 * self.tokens_per_call + 0.2 * tokens_used
+                                    if self._tokens_seen else float(tokens_used))
+            self._tokens_seen = True
         if self.request_rate is not None:
+            self._refill(now)
             grown = self.request_rate + self._increase_per_s * max(0.0, now - self._increased_at)
             self.request_rate = min(grown, self.request_ceiling) if self.request_ceiling else grown
         self._increased_at = now
@@ -181,7 +208,12 @@ class Pacer:
         self._watch_day(state)
 
     def refused(self, error: RateLimitedError, *, sent_at: float, backoff_s: float) -> None:
-        """A 429 for a call sent at ``sent_at``: pause everyone ``backoff_s``, and learn from it."""
+        """A 429 for a call let go at ``sent_at``: pause everyone ``backoff_s``, and learn from
+        it. A call that went before the last 429 came back is the same overflow: it changes
+        nothing more (its ``retry-after`` was counted from about the same moment)."""
+        if sent_at < self._refused_at:
+            return
+        self._refused_at = self.clock()
         self.pause(backoff_s)
         state = error.rate_limits if isinstance(error.rate_limits, RateLimitState) else None
         if state is not None:
@@ -193,21 +225,20 @@ class Pacer:
                        and state.reset_requests_s else None) or error.retry_after_s or backoff_s
             self._stop(f"{unit[error.limit]} ({error.limit})", error.limit_value, reset_s, None)
         elif error.limit not in ("TPM", "ASH"):  # RPM, or a 429 that does not say: the request rate
-            self._slow_down(error.limit_value if error.limit == "RPM" else None, sent_at)
+            self._slow_down(error.limit_value if error.limit == "RPM" else None)
 
-    def _slow_down(self, stated_rpm: int | None, sent_at: float) -> None:
+    def _slow_down(self, stated_rpm: int | None) -> None:
         now = self.clock()
         if stated_rpm:
             self.request_ceiling = stated_rpm / 60.0 * HEADROOM
-        if sent_at < self._decreased_at:
-            return  # on the wire before the last cut: the same overflow
+            self.request_burst = max(stated_rpm * HEADROOM, 1.0)
         if self.request_rate is None and self.request_ceiling is not None:
             rate = self.request_ceiling  # found: go at the stated limit straight away
         elif self.request_rate is None:
             measured = self._measured_rate(now)
             if measured is None:  # nothing to go by: one call at a time again, then more
                 self._window = 1
-                self._decreased_at = now
+                self._refused_at = now
                 return
             rate = measured * DECREASE
         else:
@@ -216,7 +247,8 @@ class Pacer:
             rate = min(rate, self.request_ceiling)
         self.request_rate = max(rate, MIN_RATE)
         self._increase_per_s = self.request_rate * INCREASE_SHARE
-        self._decreased_at = self._increased_at = now
+        self._level, self._level_at = 0.0, now  # the server's bucket is empty: it said so
+        self._refused_at = self._increased_at = now
 
     def _measured_rate(self, now: float) -> float | None:
         """Calls answered per second over the last ``MEASURE_S``; None with too few to tell."""
