@@ -158,7 +158,7 @@ def run_fallback(config: Path) -> RunSummary:
     return anyio.run(lambda: run_job(load_job(config)))
 
 
-def throughput(folder: Path, requests: int, concurrency: int, repeat: int) -> None:
+def throughput(folder: Path, requests: int, concurrency: int, repeat: int, model: str) -> None:
     """Bare and flex in turns, ``repeat`` times each, on one server: the best of each is
     printed (the machine may be shared; turns expose both sides to the same noise)."""
     server = ServeProcess("--chat-latency", "0")
@@ -168,10 +168,11 @@ def throughput(folder: Path, requests: int, concurrency: int, repeat: int) -> No
     try:
         # Warm the server (imports, first connections) so neither side pays for it.
         run_fallback(write_job(folder / "warm", name="warm", requests=50, concurrency=concurrency,
-                               base_url=server.url))
+                               base_url=server.url, model=model))
         for turn in range(repeat):
             config = write_job(folder / f"flex{turn}", name=f"flex-throughput-{turn}",
-                               requests=requests, concurrency=concurrency, base_url=server.url)
+                               requests=requests, concurrency=concurrency, base_url=server.url,
+                               model=model)
             summary = run_fallback(config)
             total, once = check_done(config, "throughput", summary)
             report = summary.fallback
@@ -191,12 +192,12 @@ def throughput(folder: Path, requests: int, concurrency: int, repeat: int) -> No
 
 
 def pacing(server: ServeProcess, folder: Path, rpm: int, requests: int,
-           concurrency: int) -> tuple[float, float]:
+           concurrency: int, model: str) -> tuple[float, float]:
     """Part 2; (share of the allowed rate, share of calls answered 429)."""
-    drain = [{"model": MODEL, "messages": [{"role": "user", "content": f"drain {i}"}],
+    drain = [{"model": model, "messages": [{"role": "user", "content": f"drain {i}"}],
               "max_completion_tokens": 8} for i in range(rpm * 2)]
     config = write_job(folder / "limited", name="flex-paced", requests=requests,
-                       concurrency=concurrency, base_url=server.url)
+                       concurrency=concurrency, base_url=server.url, model=model)
     drained, drain_s = anyio.run(lambda: bare_httpx(server.url, server.api_key, drain, 4,
                                                     until_429=True))
     drained_at = time.perf_counter()
@@ -270,6 +271,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, help="turns of the throughput part")
     parser.add_argument("--skip", choices=["throughput", "limits"], action="append", default=[],
                         help="leave a part out (limits: parts 2 and 3)")
+    parser.add_argument("--model", default=MODEL, help="the model of parts 1 and 2")
     parser.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
     args = parser.parse_args()
     requests, repeat, rpm, limited, tpm, token_requests = SIZES[args.size]
@@ -280,15 +282,15 @@ def main() -> int:
         folder = Path(tmp)
         try:
             if "throughput" not in args.skip:
-                throughput(folder, requests, args.concurrency, repeat)
+                throughput(folder, requests, args.concurrency, repeat, args.model)
             if "limits" not in args.skip:
                 server = ServeProcess(
                     "--chat-latency", "0",
-                    "--rate-limit", f"{MODEL}@flex=rpm:{rpm},rpd:10000000",
+                    "--rate-limit", f"{args.model}@flex=rpm:{rpm},rpd:10000000",
                     "--rate-limit", f"{TOKENS_MODEL}@flex=tpm:{tpm},rpd:10000000")
                 server.wait_ready()
                 try:
-                    share, refused = pacing(server, folder, rpm, limited, args.concurrency)
+                    share, refused = pacing(server, folder, rpm, limited, args.concurrency, args.model)
                     token_share, token_refused = tokens(server, folder, tpm, token_requests,
                                                         args.concurrency)
                 finally:
