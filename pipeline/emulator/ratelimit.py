@@ -227,6 +227,17 @@ class RateLimiter:
                 limits.minute_tokens.level -= tokens
             return self._headers(limits)
 
+    def headers(self, model: str, tier: str, *, base_model: str | None = None) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers as they stand, counting nothing — for answers refused
+        before the limits are asked (storms, flex capacity): Groq sends them on every answer."""
+        tier = "on_demand" if tier == "auto" else tier
+        with self._lock:
+            now = self.clock.now()
+            limits = self._limits(model, tier, base_model, now)
+            for bucket in (*limits.buckets.values(), limits.daily_requests, limits.minute_tokens):
+                bucket.refill(now)
+            return self._headers(limits)
+
     @staticmethod
     def _headers(limits: _Limits) -> dict[str, str]:
         """As Groq's table: the requests headers are the day's, the tokens headers the minute's."""

@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from jobs import load_job
-from pipeline.emulator import Emulator, EmulatorConfig, RateLimit
+from pipeline.emulator import Emulator, EmulatorConfig, RateLimit, Scenario
+from pipeline.emulator.config import Storm
 from pipeline.emulator.ratelimit import go_duration
 from pipeline.emulator.serve import ThreadedServer
 from pipeline.runner import run_job
@@ -202,3 +203,20 @@ async def test_a_spent_daily_budget_stops_the_run_for_today_and_tomorrow_finishe
     assert set(assert_settled_once(read_ledger(spec), ROWS).values()) == {"flex"}
     # Every request was sent once, over both days; not one 429.
     assert Counter(status for _, status in calls) == {200: ROWS}
+
+
+def test_refusals_before_the_limits_carry_the_headers_too(http: httpx.Client, emulator: Emulator) -> None:
+    """Groq: "The other headers are always included" — a 429 storm and a flex 498 as well."""
+    chat(http)
+    emulator.faults.replace(Scenario(storms=(Storm(status=429, retry_after_s=3),)),
+                            started_at=emulator.clock.now())
+    busy = chat(http)
+    assert busy.status_code == 429
+    assert busy.headers["retry-after"] == "3"
+    assert busy.headers["x-ratelimit-remaining-requests"] == "14399"  # a refusal costs none
+    emulator.faults.replace(Scenario(flex_capacity=0), started_at=emulator.clock.now())
+    full = chat(http, service_tier="flex")
+    assert full.status_code == 498
+    assert "retry-after" not in full.headers
+    assert full.headers["x-ratelimit-limit-requests"] == "144000"
+    assert full.headers["x-ratelimit-limit-tokens"] == "60000"
