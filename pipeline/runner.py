@@ -277,8 +277,10 @@ class _Run:
                     outputs=outputs, worker=worker,
                 )
                 reconciled.add(round_reconciled)
-                round_flexed = await finish_leftovers(ledger, client, spec, price,
-                                                      deadline_passed=late, worker=worker)
+                round_flexed = FlexReport(tier=flexed.tier)
+                if not flexed.daily_limit:  # stopped for today: the batches go on, flex waits
+                    round_flexed = await finish_leftovers(ledger, client, spec, price,
+                                                          deadline_passed=late, worker=worker)
                 flexed.add(round_flexed)
                 steps = count_steps(ledger, spec.name)
                 requests = ledger.request_counts(spec.name)
@@ -297,7 +299,8 @@ class _Run:
                 if finished and touched_uploads:
                     swept = await sweep_orphan_uploads(ledger, client, spec.name, self.skipped)
                     touched_uploads = False
-                if finished or not self.wait or flexed.budget_exhausted or flexed.daily_limit:
+                if (finished or not self.wait or flexed.budget_exhausted
+                        or (flexed.daily_limit and in_flight == 0)):
                     break
                 changed = bool(polled.changed or round_reconciled.shards or round_flexed.sent
                                or created)

@@ -25,7 +25,7 @@ import pytest
 
 from jobs import load_job
 from pipeline.emulator import Emulator, EmulatorConfig, RateLimit, Scenario
-from pipeline.emulator.config import Storm
+from pipeline.emulator.config import BatchFaults, Storm
 from pipeline.emulator.ratelimit import go_duration
 from pipeline.emulator.serve import ThreadedServer
 from pipeline.runner import run_job
@@ -220,3 +220,26 @@ def test_refusals_before_the_limits_carry_the_headers_too(http: httpx.Client, em
     assert "retry-after" not in full.headers
     assert full.headers["x-ratelimit-limit-requests"] == "144000"
     assert full.headers["x-ratelimit-limit-tokens"] == "60000"
+
+
+@pytest.mark.anyio
+async def test_stopped_for_today_the_batches_in_flight_are_still_seen_through(tmp_path: Path) -> None:
+    """The day's requests bound the synchronous calls, not the batches: the shard that settles
+    first sends its error lines to flex, which stops for today, and the run still waits for the
+    other batches, then ends with everything left retryable and no shard in flight."""
+    config = EmulatorConfig(time_scale=30, throughput_lines_per_s=1, validation_s=1, finalizing_s=1,
+                            rate_limits={f"{MODEL}@flex": RateLimit(requests_per_day=3)},
+                            scenario=Scenario(batch=BatchFaults(line_error_rate=1.0)))
+    with ThreadedServer(emulator=Emulator(config)) as server:
+        # Shards of 6, 6, 6 and 2 lines: the 2-line one settles first.
+        spec = load_job(write_flex_job(tmp_path, rows=20, shard_lines=6, base_url=server.url,
+                                       fallback={"concurrency": 1}))
+        summary = await run_job(spec)
+
+    assert summary.fallback["daily_limit"]["limit"] == "requests per day (RPD) 3"
+    assert summary.fallback["sent"] == 2  # the day's third request is left for a person
+    assert summary.finished
+    assert summary.shards["reconciled"] == 4
+    assert summary.requests["succeeded"] == 2
+    assert summary.left_retryable == 18
+    assert not any("still in flight" in note for note in summary.notes)
