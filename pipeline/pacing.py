@@ -13,13 +13,15 @@ answers say only part of that (the Rate Limits page's header table):
 
 **Finding the requests-per-minute limit.** Additive increase, multiplicative decrease (AIMD),
 as TCP finds a path's capacity, with one shortcut: Groq's 429 message states the limit it hit
-(``… on requests per minute (RPM): Limit 30, Used 30, …``). When it does, calls are spaced at
-``HEADROOM`` of that rate at once; when it does not (another server, a proxy), the rate is
-what was answered over the last seconds, times ``DECREASE`` (with too few answers to
-tell, the stage goes back to one call at a time and slow-starts again). After that, every answered call
-raises the rate by ``INCREASE_SHARE`` of the rate set at the last cut, per second (up to the stated limit, if one
-was), and each 429 caused by a call sent at the current rate cuts it by ``DECREASE`` — calls
-already on the wire when the rate was cut do not cut it again. Until the first answer arrives
+(``… on requests per minute (RPM): Limit 30, Used 30, …``). When it does, calls are paced at
+``HEADROOM`` of that rate at once, and the pacer keeps its own reckoning of the server's
+per-minute bucket, so what refilled during a pause is used after it. When the message does not
+say (another server, a proxy), the rate is what was answered over the last seconds times
+``DECREASE``, calls evenly spaced (with too few answers to tell, the stage goes back to one
+call at a time and slow-starts again). After that, every answered call raises the rate by
+``INCREASE_SHARE`` of the rate set at the last cut, per second (never past a stated limit),
+and each new overflow cuts it by ``DECREASE``; 429s of calls already on the wire when the
+first came back are the same overflow and change nothing more. Until the first answer arrives
 only one call is out, then one more per answer (TCP's slow start): a stage that starts on an
 empty bucket draws one 429, not one per worker.
 
@@ -238,7 +240,6 @@ class Pacer:
             measured = self._measured_rate(now)
             if measured is None:  # nothing to go by: one call at a time again, then more
                 self._window = 1
-                self._refused_at = now
                 return
             rate = measured * DECREASE
         else:
