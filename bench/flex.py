@@ -24,7 +24,8 @@ through :func:`pipeline.flex.finish_leftovers`, into a fresh SQLite ledger:
 Each part first checks its work: every request of its ledger succeeded through flex with
 exactly one result (none lost, none answered twice), else the bench says so on stderr and
 exits 1 without printing a share. Then it prints figures and the targets (DESIGN.md: ≥ 90% of
-the allowed requests a minute with ≤ 2% of calls answered 429 and nothing lost) as met or not
+the allowed requests a minute with ≤ 2% of calls answered 429 and nothing lost; ≥ 90% of the
+allowed tokens a minute, with only the first call on a spent window refused) as met or not
 — the machine may be shared, so a missed target is printed, not an exit code, unless
 ``--strict``.
 """
@@ -231,8 +232,8 @@ def drain_bodies(model: str, pad: str = "") -> Iterator[dict[str, Any]]:
 
 
 def tokens(server: ServeProcess, folder: Path, tpm: int, requests: int,
-           concurrency: int) -> tuple[float, float]:
-    """Part 3; (tokens used over what the window allowed, share of calls answered 429)."""
+           concurrency: int) -> tuple[float, int]:
+    """Part 3; (tokens used over what the window allowed, calls answered 429)."""
     config = write_job(folder / "tokens", name="flex-tokens", requests=requests,
                        concurrency=concurrency, base_url=server.url, model=TOKENS_MODEL, pad=PAD)
     drained, _ = anyio.run(lambda: bare_httpx(server.url, server.api_key,
@@ -255,7 +256,7 @@ def tokens(server: ServeProcess, folder: Path, tpm: int, requests: int,
           f"allowed in it) = {used / window_s * 60:,.0f}/min of {tpm:,}/min → share "
           f"{used / allowed:.1%}; answered 429: {refused} ({refused_share:.1%}); "
           f"ledger {once:,}/{total:,} succeeded once")
-    return used / allowed, refused_share
+    return used / allowed, refused
 
 
 def main() -> int:
@@ -296,9 +297,11 @@ def main() -> int:
                 finally:
                     server.stop()
                 verdicts.append(f"≥ 90% of the allowed rpm: {'met' if share >= MIN_RPM_SHARE else 'NOT met'}")
-                verdicts.append(f"≥ 90% of the allowed tpm: {'met' if token_share >= 0.9 else 'NOT met'}")
                 verdicts.append("≤ 2% of calls answered 429: "
-                                + ("met" if max(refused, token_refused) <= MAX_429_SHARE else "NOT met"))
+                                + ("met" if refused <= MAX_429_SHARE else "NOT met"))
+                # On a spent window the first call cannot know: one 429 at most.
+                verdicts.append("≥ 90% of the allowed tpm, one 429 at most: "
+                                + ("met" if token_share >= 0.9 and token_refused <= 1 else "NOT met"))
         except WorkNotDone as exc:
             print(exc, file=sys.stderr)
             return 1
