@@ -48,15 +48,16 @@ def main() -> None:
 
 
 def _parse_rate_limit(text: str) -> tuple[str, dict[str, int]]:
-    """``MODEL[@TIER]=rpm:30,tpm:6000,rpd:1000`` → key and RateLimit fields."""
+    """``MODEL[@TIER]=rpm:30,tpm:6000,rpd:1000,tpd:500000`` → key and RateLimit fields."""
     key, sep, spec = text.partition("=")
-    names = {"rpm": "requests_per_minute", "rpd": "requests_per_day", "tpm": "tokens_per_minute"}
+    names = {"rpm": "requests_per_minute", "rpd": "requests_per_day", "tpm": "tokens_per_minute",
+             "tpd": "tokens_per_day"}
     fields: dict[str, int] = {}
     for part in spec.split(","):
         name, _, value = part.partition(":")
         if not sep or name.strip() not in names or not value.strip().isdigit():
             raise click.BadParameter(
-                f"{text!r}: expected MODEL[@TIER]=rpm:N,tpm:N,rpd:N", param_hint="--rate-limit"
+                f"{text!r}: expected MODEL[@TIER]=rpm:N,rpd:N,tpm:N,tpd:N", param_hint="--rate-limit"
             )
         fields[names[name.strip()]] = int(value)
     return key.strip(), fields
@@ -80,8 +81,12 @@ def _parse_rate_limit(text: str) -> tuple[str, dict[str, int]]:
               help="Lines a batch file may hold; more is refused with 400 too_many_lines.")
 @click.option("--max-file-bytes", default=100 * 1024 * 1024, show_default=True, type=click.IntRange(min=1),
               help="Bytes a batch file may hold; more is refused with 413 file_too_large.")
-@click.option("--rate-limit", "rate_limits", multiple=True, metavar="MODEL[@TIER]=rpm:N,tpm:N,rpd:N",
+@click.option("--rate-limit", "rate_limits", multiple=True, metavar="MODEL[@TIER]=rpm:N,rpd:N,tpm:N,tpd:N",
               help="Limit a model (on one tier); repeatable.")
+@click.option("--rate-limit-plan", type=click.Choice(["unlimited", "free"]), default="unlimited",
+              show_default=True,
+              help="Limits of models without --rate-limit: none, or Groq's published free-plan "
+                   "table (flex tier: 10x).")
 @click.option("--chat-latency", "chat_latency_s", default=0.0, show_default=True,
               type=click.FloatRange(min=0), help="Real seconds each chat completion takes.")
 @click.option("--selftest", is_flag=True,
@@ -91,7 +96,8 @@ def _parse_rate_limit(text: str) -> tuple[str, dict[str, int]]:
               help="The server's log level; every request is logged at debug.")
 def serve(host: str, port: int, api_key: str | None, time_scale: float, throughput_lines_per_s: float,
           scenario_path: Path | None, data_dir: Path | None, max_file_lines: int, max_file_bytes: int,
-          rate_limits: tuple[str, ...], chat_latency_s: float, selftest: bool, log_level: str) -> None:
+          rate_limits: tuple[str, ...], rate_limit_plan: str, chat_latency_s: float, selftest: bool,
+          log_level: str) -> None:
     """Run the local Groq-compatible server (files, batches, chat, models, LoRA)."""
     from .emulator import EmulatorConfig, RateLimit, load_scenario
     from .emulator.config import DEFAULT_API_KEY
@@ -106,6 +112,7 @@ def serve(host: str, port: int, api_key: str | None, time_scale: float, throughp
         "rate_limits": {
             key: RateLimit(**fields) for key, fields in map(_parse_rate_limit, rate_limits)
         },
+        "rate_limit_plan": rate_limit_plan,
         "data_dir": data_dir,
     }
     if scenario_path is not None:

@@ -132,7 +132,20 @@ def parse_go_duration(text: str) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class RateLimitState:
-    """What the ``x-ratelimit-*`` headers of one answer said (None where absent)."""
+    """What the ``x-ratelimit-*`` headers of one answer said (None where absent).
+
+    As Groq's Rate Limits page defines them: the ``*_requests`` fields are the **requests per
+    day** (RPD) — limit, what is left, time until the day's budget is full again — and the
+    ``*_tokens`` fields the **tokens per minute** (TPM). The per-minute request limit is in no
+    header; only a 429 shows it (:func:`rate_limit_of`).
+
+    >>> state = RateLimitState.from_headers({"x-ratelimit-limit-requests": "14400",
+    ...     "x-ratelimit-remaining-requests": "14370", "x-ratelimit-reset-requests": "2m59.56s",
+    ...     "x-ratelimit-limit-tokens": "18000", "x-ratelimit-remaining-tokens": "17997",
+    ...     "x-ratelimit-reset-tokens": "7.66s"})
+    >>> (state.remaining_requests, state.reset_requests_s, state.limit_tokens, state.reset_tokens_s)
+    (14370, 179.56, 18000, 7.66)
+    """
 
     limit_requests: int | None = None
     remaining_requests: int | None = None
@@ -156,6 +169,26 @@ class RateLimitState:
 
         return cls(number("limit-requests"), number("remaining-requests"), duration("reset-requests"),
                    number("limit-tokens"), number("remaining-tokens"), duration("reset-tokens"))
+
+
+_LIMIT_IN_MESSAGE = re.compile(r"\((RPM|RPD|TPM|TPD|ASH|ASD)\)(?::\s*Limit\s+(\d+))?")
+
+
+def rate_limit_of(body: Any) -> tuple[str | None, int | None]:
+    """Which limit a 429 (or 413) body says was reached, and its size, from Groq's message:
+    ``"… on requests per minute (RPM): Limit 30, Used 30, Requested 1. …"`` → ``("RPM", 30)``;
+    ``(None, None)`` when the body does not say.
+
+    >>> rate_limit_of({"error": {"message": "Rate limit reached for model `m` in organization `o` "
+    ...     "service tier `flex` on tokens per minute (TPM): Limit 8000, Used 5536, Requested 5599."}})
+    ('TPM', 8000)
+    """
+    error = body.get("error") if isinstance(body, Mapping) else None
+    message = error.get("message") if isinstance(error, Mapping) else None
+    found = _LIMIT_IN_MESSAGE.search(message) if isinstance(message, str) else None
+    if found is None:
+        return None, None
+    return found.group(1), int(found.group(2)) if found.group(2) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +229,11 @@ def error_for_response(response: httpx.Response, *, what: str) -> APIError:
     text = f"{what}: {message or response.reason_phrase or 'error'}"
     kw: dict[str, Any] = {"status_code": status, "body": body, "code": code}
     if status == 429:
-        return RateLimitedError(text, retry_after_s=parse_retry_after(response.headers), **kw)
+        limit, limit_value = rate_limit_of(body)
+        headers = RateLimitState.from_headers(response.headers)
+        return RateLimitedError(text, retry_after_s=parse_retry_after(response.headers), limit=limit,
+                                limit_value=limit_value,
+                                rate_limits=headers if headers != RateLimitState() else None, **kw)
     if status == 498:
         return CapacityExceededError(text, **kw)
     if status in (408, 409) or status >= 500:

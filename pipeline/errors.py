@@ -203,7 +203,19 @@ class RetryableAPIError(APIError):
 
 
 class RateLimitedError(RetryableAPIError):
-    """429: a rate limit was hit; ``retry_after_s`` says when to come back, if the server said."""
+    """429: a rate limit was hit; ``retry_after_s`` says when to come back, if the server said.
+
+    ``limit`` names the limit Groq's message says was reached (``"RPM"``, ``"RPD"``, ``"TPM"``,
+    ``"TPD"``; None when the message does not say) and ``limit_value`` its size; ``rate_limits``
+    is what the answer's ``x-ratelimit-*`` headers said (a ``RateLimitState``), if it had them.
+    """
+
+    def __init__(self, message: str, *, limit: str | None = None, limit_value: int | None = None,
+                 rate_limits: Any = None, **kw: Any) -> None:
+        self.limit = limit
+        self.limit_value = limit_value
+        self.rate_limits = rate_limits
+        super().__init__(message, **kw)
 
 
 class CapacityExceededError(RetryableAPIError):

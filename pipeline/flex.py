@@ -27,11 +27,13 @@ exactly as compiled. A continuous pipeline keeps ``concurrency`` calls in flight
   nothing more is sent, what was claimed goes back to retryable, and the stage raises the
   :class:`AuthenticationError`. A request whose ``max_attempts`` are spent fails with its last
   error.
-- **Pace.** An anyio ``CapacityLimiter`` bounds concurrency; :class:`Pacer` reads the
-  ``x-ratelimit-*`` headers of each answer. The server's buckets refill continuously, so the
-  refill rate is ``(limit - remaining) / reset``; once few requests (or tokens) are left, calls
-  are spaced at that rate instead of bursting into 429s, and when none is left the stage waits
-  for one to refill — so the job runs at the limit without tripping it much.
+- **Pace.** An anyio ``CapacityLimiter`` bounds concurrency; a :class:`~pipeline.pacing.Pacer`
+  spaces calls as Groq's limits say: the tokens headers (the minute's window) keep the tokens
+  per minute under the limit, the requests-per-minute limit is found from 429s (AIMD), and a
+  429's ``retry-after`` pauses every call. When the requests headers (the day's budget) fall
+  to ``concurrency`` or fewer, or a 429 names a daily limit, the stage stops for today: no
+  more calls, what was claimed goes back unsent, everything left stays retryable, and the
+  report says when the limit is full again (``daily_limit``).
 - **Budget.** Before each call the job-wide budget (``[policy.budget]``: requests, tokens,
   dollars, counting what the batches spent) is checked with the call's estimated cost; once it
   would be exceeded the stage stops cleanly and the rest stays retryable. With a budget set,
@@ -65,7 +67,7 @@ from jobs.outputs import (
 )
 from state import Ledger, OpenRequest, RequestStatus, ResultRecord, ResultSource, ShardStep
 
-from .client import ChatReply, GroqClient, RateLimitState
+from .client import ChatReply, GroqClient
 from .deadline import DROPPED_REASON
 from .errors import (
     APIError,
@@ -76,6 +78,7 @@ from .errors import (
     ServerUnavailableError,
     TransportError,
 )
+from .pacing import Pacer
 from .reconcile import MISSING
 from .retry import NO_RETRY, RetryPolicy
 from .workers import Worker
@@ -144,6 +147,8 @@ class FlexReport:
     cost_usd: float = 0.0
     budget_exhausted: str | None = None
     """Which budget stopped the stage, if one did."""
+    daily_limit: dict[str, Any] | None = None
+    """A daily rate limit that stopped the stage for today: ``{"limit", "resets_at", "left"}``."""
     elapsed_s: float = 0.0
 
     def add(self, other: FlexReport) -> None:
@@ -155,6 +160,7 @@ class FlexReport:
         for key, count in other.status_counts.items():
             self.status_counts[key] = self.status_counts.get(key, 0) + count
         self.budget_exhausted = other.budget_exhausted or self.budget_exhausted
+        self.daily_limit = other.daily_limit or self.daily_limit
 
     @property
     def pace_rps(self) -> float:
@@ -162,69 +168,6 @@ class FlexReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__} | {"pace_rps": round(self.pace_rps, 2)}
-
-
-class Pacer:
-    """Holds calls back as the server's rate-limit headers (and 429s) say.
-
-    Groq's (and the local server's) limits are buckets that refill continuously; the headers
-    give the bucket's size, what is left and how long until it is full again, so the refill
-    rate is ``(limit - remaining) / reset``. While plenty is left calls go out at once; once
-    ``low_water`` requests (or as many calls' worth of tokens) or fewer are left, each call
-    waits its turn, one every ``1 / rate`` seconds; with nothing left, the stage waits for one
-    to refill. A 429's ``retry-after`` pauses every call (:meth:`pause`).
-
-    >>> pacer = Pacer(tokens_per_call=100, low_water=8)
-    >>> pacer.observe(RateLimitState(600, 4, 59.6, None, None, None))   # 10 requests/s refill
-    >>> round(pacer.interval_s, 3)
-    0.1
-    """
-
-    def __init__(self, *, tokens_per_call: int, low_water: int = 8) -> None:
-        self.tokens_per_call = max(tokens_per_call, 1)
-        self.low_water = max(low_water, 1)
-        self.interval_s = 0.0
-        """Spacing between calls while the window runs low; 0 when it does not."""
-        self._not_before = 0.0
-        self._next_turn = 0.0
-
-    async def wait_turn(self) -> None:
-        """Wait until this call may go: past any pause, and its turn when calls are spaced."""
-        while True:
-            now = time.monotonic()
-            start = max(self._not_before, self._next_turn if self.interval_s else 0.0)
-            if start <= now:
-                break
-            await anyio.sleep(start - now)  # a pause may have grown meanwhile: look again
-        self._next_turn = max(now, self._next_turn) + self.interval_s
-
-    def pause(self, seconds: float) -> None:
-        self._not_before = max(self._not_before, time.monotonic() + seconds)
-
-    def observe(self, state: RateLimitState) -> None:
-        intervals: list[float] = []
-        request_rate = _refill_rate(state.limit_requests, state.remaining_requests, state.reset_requests_s)
-        if state.remaining_requests is not None and state.remaining_requests <= self.low_water:
-            if request_rate:
-                intervals.append(1.0 / request_rate)
-            if state.remaining_requests <= 0:
-                self.pause(1.0 / request_rate if request_rate else state.reset_requests_s or 1.0)
-        token_rate = _refill_rate(state.limit_tokens, state.remaining_tokens, state.reset_tokens_s)
-        if (state.remaining_tokens is not None
-                and state.remaining_tokens <= self.tokens_per_call * self.low_water):
-            if token_rate:
-                intervals.append(self.tokens_per_call / token_rate)
-            short = self.tokens_per_call - state.remaining_tokens
-            if short > 0:
-                self.pause(short / token_rate if token_rate else state.reset_tokens_s or 1.0)
-        self.interval_s = max(intervals, default=0.0)
-
-
-def _refill_rate(limit: int | None, remaining: int | None, reset_s: float | None) -> float | None:
-    """Units per second a continuously refilling bucket gains, from one answer's headers."""
-    if limit is None or remaining is None or not reset_s or reset_s <= 0 or remaining >= limit:
-        return None
-    return (limit - remaining) / reset_s
 
 
 @dataclass(slots=True)
@@ -277,6 +220,8 @@ class _Outcome:
     call: _Call
     result: ResultRecord | None = None
     error: APIError | None = None
+    unsent: bool = False
+    """Claimed but not sent: the stage stopped for today first."""
 
 
 RECOVERED = FLEX_PREFIX + "recovered after an interrupted run"
@@ -306,6 +251,8 @@ async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, pr
                    dropped, worker)
     await stage.run()
     report.elapsed_s = round(time.monotonic() - started, 3)
+    if (stopped := stage.pacer.stopped) is not None:
+        report.daily_limit = stopped.as_dict()
     if stage.refused is not None:
         raise stage.refused
     return report
@@ -327,7 +274,8 @@ class _Stage:
         self.invalid_retries = spec.policy.retry_invalid_output
         self.concurrency = spec.policy.fallback.concurrency
         self.completion_estimate = estimate_completion_tokens(spec)
-        self.pacer = Pacer(tokens_per_call=self.completion_estimate, low_water=self.concurrency)
+        self.pacer = Pacer(tokens_per_call=self.completion_estimate, low_water=self.concurrency,
+                           daily_reserve=self.concurrency)
         self.due: dict[str, float] = {}
         """custom_id → monotonic time before which a requeued request is not sent again."""
         self.rate_limited: dict[str, int] = {}
@@ -368,7 +316,7 @@ class _Stage:
                 claimed = 0
                 group: list[_Call] = []
                 for request in self.ledger.iter_requests(self.spec.name, RequestStatus.RETRYABLE):
-                    if self.refused is not None:
+                    if self.refused is not None or self.pacer.stopped is not None:
                         break
                     call = self._next_call(request)
                     if call is None:
@@ -387,7 +335,8 @@ class _Stage:
                     if len(group) >= group_size:
                         claimed += await self._dispatch(group, send)
                         group = []
-                if self.refused is not None:
+                if self.refused is not None or self.pacer.stopped is not None:
+                    await self._dispatch(group, send)  # the workers give them back unsent
                     return
                 claimed += await self._dispatch(group, send)
                 if claimed:
@@ -476,10 +425,15 @@ class _Stage:
                     await send.send(_Outcome(call, error=self.refused))
                     continue
                 async with limiter:
-                    await self.pacer.wait_turn()  # here, not in the producer: queued calls wait too
-                    await send.send(await self._attempt(call))
+                    # Here, not in the producer: queued calls wait too.
+                    async with self.pacer.turn() as sent_at:
+                        if self.pacer.stopped is not None:  # stopped for today: back, unsent
+                            outcome = _Outcome(call, unsent=True)
+                        else:
+                            outcome = await self._attempt(call, sent_at)
+                    await send.send(outcome)
 
-    async def _attempt(self, call: _Call) -> _Outcome:
+    async def _attempt(self, call: _Call, sent_at: float) -> _Outcome:
         try:
             reply = await self.client.chat(call.body, service_tier=self.tier, retry=NO_RETRY)
         except (AuthenticationError, ServerUnavailableError) as exc:
@@ -493,10 +447,12 @@ class _Stage:
         except APIError as exc:
             if isinstance(exc, RateLimitedError):
                 # Now, not when the outcome is recorded: no other call goes out meanwhile.
-                self.pacer.pause(self._backoff_s(call.attempts, exc))
+                self.pacer.refused(exc, sent_at=sent_at, backoff_s=self._backoff_s(call.attempts, exc))
             return _Outcome(call, error=exc)
-        self.pacer.observe(reply.rate_limits)
-        return _Outcome(call, result=self._succeeded(call, reply))
+        result = self._succeeded(call, reply)
+        self.pacer.observe(reply.rate_limits,
+                           tokens_used=result.prompt_tokens + result.completion_tokens)
+        return _Outcome(call, result=result)
 
     def _succeeded(self, call: _Call, reply: ChatReply) -> ResultRecord:
         """A 200 reply: succeeded with its parsed output; or (not parsing or not fitting the
@@ -564,6 +520,10 @@ class _Stage:
                 self.in_flight -= len(outcomes)
 
     def _settle(self, outcome: _Outcome) -> ResultRecord:
+        if outcome.unsent:
+            self._refund(outcome.call)
+            return ResultRecord(outcome.call.custom_id, RequestStatus.RETRYABLE, ResultSource.FLEX,
+                                error=FLEX_PREFIX + "not sent: stopped for today (daily rate limit)")
         self.report.sent += 1
         if outcome.result is not None:
             self._count(outcome.result)

@@ -30,6 +30,7 @@ from .cancel import cancel_in_flight
 from .deadline import deadline_passed, drop_unsubmitted, job_deadline
 from .evaluate import check_run_identity, evaluate_run, is_settled, run_identity
 from .flex import FlexReport, finish_leftovers
+from .pacing import daily_limit_note
 from .planning import resolve_model
 from .poll import PollInterval, poll_batches
 from .reconcile import ReconcileReport, reconcile_shards
@@ -276,8 +277,10 @@ class _Run:
                     outputs=outputs, worker=worker,
                 )
                 reconciled.add(round_reconciled)
-                round_flexed = await finish_leftovers(ledger, client, spec, price,
-                                                      deadline_passed=late, worker=worker)
+                round_flexed = FlexReport(tier=flexed.tier)
+                if not flexed.daily_limit:  # stopped for today: the batches go on, flex waits
+                    round_flexed = await finish_leftovers(ledger, client, spec, price,
+                                                          deadline_passed=late, worker=worker)
                 flexed.add(round_flexed)
                 steps = count_steps(ledger, spec.name)
                 if on_progress := self.on_progress:
@@ -301,7 +304,8 @@ class _Run:
                 if finished and touched_uploads:
                     swept = await sweep_orphan_uploads(ledger, client, spec.name, self.skipped)
                     touched_uploads = False
-                if finished or not self.wait or flexed.budget_exhausted:
+                if (finished or not self.wait or flexed.budget_exhausted
+                        or (flexed.daily_limit and in_flight == 0)):
                     break
                 changed = bool(polled.changed or round_reconciled.shards or round_flexed.sent
                                or created)
@@ -351,7 +355,9 @@ class _Run:
         if flexed.recovered_in_flight:
             notes.append(f"{flexed.recovered_in_flight} flex calls cut short by a stopped worker "
                          "were taken back (not counted as attempts)")
-        if flexed.budget_exhausted:
+        if flexed.daily_limit:
+            notes.append(daily_limit_note(flexed.daily_limit, summary.left_retryable))
+        elif flexed.budget_exhausted:
             notes.append(
                 f"the budget ({flexed.budget_exhausted}) is spent: {summary.left_retryable} requests "
                 "are left retryable; raise [policy.budget] and run again to finish them"

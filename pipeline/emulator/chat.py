@@ -10,6 +10,9 @@ The steps, in order, each of which can answer instead of the next:
 5. ``config.chat_latency_s`` of real time, holding the flex slot;
 6. the answer, with ``x-ratelimit-*`` headers and ``x-request-id`` (= ``x_groq.id``).
 
+Every answer of steps 2-6 carries the ``x-ratelimit-*`` headers (Groq: "The other headers are
+always included"); only a 429 carries ``retry-after``.
+
 A 498 carries neither ``retry-after`` nor ``x-should-retry``: the SDKs do not retry it, as
 they do not against Groq. ``x-should-retry`` is sent only when a storm sets ``should_retry``.
 """
@@ -87,6 +90,11 @@ def storm_problem(storm: Storm, organization: str, model: str, tier: str) -> API
     return APIProblem(storm.status, message, type="internal_server_error", code=code, headers=headers)
 
 
+def _limit_headers(emulator: Emulator, model: str, tier: str, base_model: str | None) -> dict[str, str]:
+    """Groq: "the other headers are always included" — on refusals too."""
+    return emulator.rate_limiter.headers(model, tier, base_model=base_model)
+
+
 def _emulator(request: Request) -> Emulator:
     emulator: Emulator = request.app.state.emulator
     return emulator
@@ -101,12 +109,16 @@ async def create_chat_completion(request: Request) -> JSONResponse:
 
     storm = emulator.faults.storm(emulator.clock.now(), requested_tier)
     if storm is not None:
-        raise storm_problem(storm, emulator.config.organization, chat.model.id, tier)
+        problem = storm_problem(storm, emulator.config.organization, chat.model.id, tier)
+        problem.headers.update(_limit_headers(emulator, chat.model.id, tier, chat.model.base_model))
+        raise problem
 
     flex = tier == "flex"
     gate = emulator.flex_gate
     if flex and not gate.try_enter(emulator.faults.scenario.flex_capacity):
-        raise flex_capacity_exceeded({"x-request-id": new_id("req")})
+        raise flex_capacity_exceeded({
+            "x-request-id": new_id("req"),
+            **_limit_headers(emulator, chat.model.id, tier, chat.model.base_model)})
     try:
         try:
             headers = emulator.rate_limiter.admit(

@@ -27,11 +27,20 @@ class _Frozen(BaseModel):
 
 
 class RateLimit(_Frozen):
-    """Limits of one model on one service tier (Groq's headers: RPD for requests, TPM for tokens)."""
+    """Limits of one model on one service tier, each enforced on its own; None is unlimited.
 
-    requests_per_minute: int | None = None
-    requests_per_day: int | None = None
-    tokens_per_minute: int | None = None
+    Groq's headers report two of them: ``x-ratelimit-*-requests`` the requests per day,
+    ``x-ratelimit-*-tokens`` the tokens per minute. The others show only as a 429."""
+
+    requests_per_minute: int | None = Field(None, gt=0, description="Requests per minute (RPM).")
+    requests_per_day: int | None = Field(None, gt=0, description="Requests per day (RPD).")
+    tokens_per_minute: int | None = Field(None, gt=0, description="Tokens per minute (TPM).")
+    tokens_per_day: int | None = Field(None, gt=0, description="Tokens per day (TPD).")
+
+    def scaled(self, factor: int) -> RateLimit:
+        """Every limit ``factor`` times larger."""
+        return RateLimit(**{name: None if value is None else value * factor
+                            for name, value in self.model_dump().items()})
 
 
 class Storm(_Frozen):
@@ -129,7 +138,13 @@ class EmulatorConfig(_Frozen):
     chat_latency_s: float = Field(0.0, ge=0)
     """Real seconds each chat completion takes (to give flex capacity something to fill)."""
     rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
-    """Keyed ``"<model>"`` or ``"<model>@<tier>"``; a model with no entry is unlimited."""
+    """Keyed ``"<model>"`` or ``"<model>@<tier>"``; a model with no entry follows
+    ``rate_limit_plan``."""
+    rate_limit_plan: Literal["unlimited", "free"] = Field(
+        "unlimited",
+        description="Limits of a model with no entry in ``rate_limits``: ``unlimited``, or "
+                    "``free`` — the table on Groq's Rate Limits page (RPM, RPD, TPM, TPD per "
+                    "model), ten times larger on the flex tier (\"10x higher rate limits\").")
     data_dir: Path | None = None
     """Where the server keeps its state (file contents, and metadata in ``emulator.sqlite3``),
     so that a server started again on it carries on (see :mod:`.persist`); a temporary

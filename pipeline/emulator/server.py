@@ -38,7 +38,7 @@ from .faults import FaultInjector
 from .http import ConnectionDropped, DroppedResponse, JSONResponse, problem_response
 from .journal import JournalMiddleware, RequestJournal
 from .persist import SavedState, StateStore
-from .ratelimit import RateLimiter
+from .ratelimit import FREE_PLAN, RateLimiter
 from .responder import Responder
 
 log = logging.getLogger("groqbatch.emulator")
@@ -77,8 +77,9 @@ class Emulator:
         self.scratch_dir = root / "scratch"
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         self.models = models.ModelRegistry()
-        self.rate_limiter = RateLimiter(self.config.rate_limits, self.clock,
-                                        organization=self.config.organization)
+        self.rate_limiter = RateLimiter(
+            self.config.rate_limits, self.clock, organization=self.config.organization,
+            plan=FREE_PLAN if self.config.rate_limit_plan == "free" else None)
         self.flex_gate = chat.FlexGate()
         self.responder = Responder(self.models, clock=self.clock.now)
         self.batches = batches.BatchStore(self)

@@ -97,3 +97,34 @@ def test_the_e2e_bench_checks_both_tools_answered_every_row_once() -> None:
     assert any("bare" in line and "all 300 answered once" in line for line in lines), result.stdout
     assert any("groqbatch" in line and "all 300 answered once" in line for line in lines)
     assert lines[-1].startswith("groqbatch / bare: wall "), result.stdout
+FLEX = BENCH.parent / "flex.py"
+
+
+def run_flex_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(FLEX), "--size", "tiny", *args], capture_output=True,
+                          text=True, timeout=55, env=clean_env(), check=False)
+
+
+def test_the_flex_bench_finds_the_limits_and_answers_every_request_once() -> None:
+    """Issue 15: the requests headers are the day's, so the requests-per-minute limit is found
+    from 429s; every part checks its ledger before it prints a figure."""
+    result = run_flex_bench("--skip", "throughput")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "2. requests per minute: a flex limit of 240/min (4/s) found from 429s" in out
+    assert "ledger: 24/24 succeeded once via flex → 0 lost" in out
+    assert "3. tokens per minute: a flex limit of 60,000 tokens/min" in out
+    assert "ledger 10/10 succeeded once" in out
+    share = float(out.split("→ share ")[1].split("%")[0])
+    assert 50 <= share <= 105, out  # a figure, not a target: the machine is shared
+    assert out.splitlines()[-1].startswith("targets: nothing lost: met; ≥ 90% of the allowed rpm: ")
+
+
+def test_the_flex_bench_fails_without_a_figure_when_requests_are_not_answered() -> None:
+    result = run_flex_bench("--skip", "limits", "--model", "no-such-model")
+
+    assert result.returncode == 1, result.stdout
+    assert "req/s" not in result.stdout
+    assert "throughput: work not done, no figures — 0 of 200 requests succeeded once" in result.stderr
+    assert "'status_counts': {'404': 200}" in result.stderr

@@ -59,15 +59,17 @@ async def test_openai_prefix_serves_the_same_answer(client: httpx.AsyncClient) -
 
 
 @pytest.mark.parametrize(
-    "emulator_config", [{"rate_limits": {MODEL: RateLimit(requests_per_minute=3)}}], indirect=True
+    "emulator_config", [{"rate_limits": {MODEL: RateLimit(requests_per_minute=3, requests_per_day=100)}}],
+    indirect=True,
 )
 async def test_rpm_limit_then_recovery(client: httpx.AsyncClient, emulator: Emulator) -> None:
     remaining = []
     for _ in range(3):
         response = await client.post(CHAT, json=chat_body())
         assert response.status_code == 200
+        assert response.headers["x-ratelimit-limit-requests"] == "100"  # always the day's (RPD)
         remaining.append(response.headers["x-ratelimit-remaining-requests"])
-    assert remaining == ["2", "1", "0"]
+    assert remaining == ["99", "98", "97"]
     refused = await client.post(CHAT, json=chat_body())
     assert refused.status_code == 429
     assert 1 <= int(refused.headers["retry-after"]) <= 20
@@ -75,13 +77,13 @@ async def test_rpm_limit_then_recovery(client: httpx.AsyncClient, emulator: Emul
     assert error["code"] == "rate_limit_exceeded"
     assert error["type"] == "requests"
     assert "requests per minute (RPM): Limit 3" in error["message"]
-    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "97"  # a refused call costs none
     # Other models and other tiers are limited apart.
     assert (await client.post(CHAT, json=chat_body(model="qwen/qwen3-32b"))).status_code == 200
     emulator.clock.advance(60)
     recovered = await client.post(CHAT, json=chat_body())
     assert recovered.status_code == 200
-    assert recovered.headers["x-ratelimit-remaining-requests"] == "2"
+    assert recovered.headers["x-ratelimit-remaining-requests"] == "96"  # 0.07 refilled, 1 spent
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ reason, and the report's counts match the ledger's."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -134,15 +135,20 @@ async def test_a_flex_rate_limit_is_paced_not_hammered(tmp_path: Path) -> None:
         with pytest.raises(APIProblem) as refused:
             spend_allowance(server, rpm + 10)
         assert refused.value.status_code == 429
+        drained_at = time.monotonic()
         summary = await run_job(spec)
+        since_drain_s = time.monotonic() - drained_at
 
     flex = summary.fallback
     # 429s do not count against max_attempts (2): nothing is lost to the limit.
     assert summary.requests["succeeded"] == ROWS
     assert flex["gave_up"] == 0
-    assert flex["status_counts"].get("429", 0) <= 2 * concurrency
-    # What the limit allows, at most: ~1 refilled in the drain's wake, then 10 a second.
-    assert flex["elapsed_s"] >= (ROWS - 2) / 10
+    # The first 429 states the limit (the requests headers are the day's, no help): from then
+    # on calls are paced to it. Only the calls already out when it came back are refused too.
+    assert flex["status_counts"].get("429", 0) <= concurrency
+    # What the limit allows, at most: < 1 left by the drain, then 10 a second (what refilled
+    # while the job compiled is used too).
+    assert since_drain_s >= (ROWS - 1) / 10
     view = read_ledger(spec)
     assert set(assert_settled_once(view, ROWS).values()) == {"flex"}
     assert_attempts_match(view.requests, flex["sent"])

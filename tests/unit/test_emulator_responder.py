@@ -280,23 +280,30 @@ def test_go_duration(seconds: float, text: str) -> None:
 
 def test_token_buckets_refill_on_the_virtual_clock() -> None:
     clock = VirtualClock(start=1_000_000)
-    limiter = RateLimiter({MODEL: RateLimit(requests_per_minute=2, tokens_per_minute=600)}, clock)
+    limiter = RateLimiter({MODEL: RateLimit(requests_per_minute=2, requests_per_day=5,
+                                            tokens_per_minute=600)}, clock)
     first = limiter.admit(MODEL, "on_demand", tokens=100)
-    assert first["x-ratelimit-limit-requests"] == "2"
-    assert first["x-ratelimit-remaining-requests"] == "1"
+    # Groq's table: the requests headers are the day's (RPD), the tokens headers the minute's.
+    assert first["x-ratelimit-limit-requests"] == "5"
+    assert first["x-ratelimit-remaining-requests"] == "4"
+    assert first["x-ratelimit-reset-requests"] == "4h48m0s"  # one of 5 a day refills in 86400/5 s
+    assert first["x-ratelimit-limit-tokens"] == "600"
     assert first["x-ratelimit-remaining-tokens"] == "500"
+    assert first["x-ratelimit-reset-tokens"] == "10s"
     limiter.admit(MODEL, "on_demand", tokens=100)
-    with pytest.raises(APIProblem) as caught:
+    with pytest.raises(APIProblem) as caught:  # the minute's requests: only a 429 says so
         limiter.admit(MODEL, "on_demand", tokens=100)
     assert caught.value.status_code == 429
     assert caught.value.type == "requests"
-    assert 1 <= int(caught.value.headers["retry-after"]) <= 30
+    assert "on requests per minute (RPM): Limit 2, Used 2, Requested 1." in caught.value.message
+    assert caught.value.headers["retry-after"] == "30"
+    assert caught.value.headers["x-ratelimit-remaining-requests"] == "3"
     with pytest.raises(APIProblem) as too_big:
         limiter.admit(MODEL, "on_demand", tokens=601)
     assert too_big.value.status_code == 413
     clock.advance(60)
-    assert limiter.admit(MODEL, "on_demand", tokens=100)["x-ratelimit-remaining-requests"] == "1"
+    assert limiter.admit(MODEL, "on_demand", tokens=100)["x-ratelimit-remaining-requests"] == "2"
     # Tiers are limited apart; an unlimited model still reports headers.
-    assert limiter.admit(MODEL, "flex", tokens=1)["x-ratelimit-remaining-requests"] == "1"
+    assert limiter.admit(MODEL, "flex", tokens=1)["x-ratelimit-remaining-requests"] == "4"
     free = limiter.admit("qwen/qwen3-32b", "on_demand", tokens=5)
     assert int(free["x-ratelimit-limit-tokens"]) >= 10**9
