@@ -40,7 +40,6 @@ from typing import Any
 from jobs.inputs import find_duplicate_ids, iter_job_rows
 from jobs.load import spec_hash, spec_json
 from jobs.requests import (
-    CHAT_ENDPOINT,
     RequestBuilder,
     batch_line,
     row_key_for,
@@ -77,7 +76,7 @@ def estimate_completion_tokens(spec: JobSpec) -> int:
     """Completion tokens expected per request (see the module docstring)."""
     return (
         spec.policy.budget.expected_completion_tokens
-        or spec.prompt.max_completion_tokens
+        or (spec.prompt.max_completion_tokens if spec.prompt is not None else None)
         or DEFAULT_COMPLETION_TOKENS
     )
 
@@ -178,7 +177,7 @@ def record_rows_and_requests(
             rows.append(RowRecord(key, row_index, built.custom_id, None))
             if built.custom_id not in requests:
                 requests[built.custom_id] = RequestRecord(
-                    built.custom_id, CHAT_ENDPOINT, built.body
+                    built.custom_id, builder.endpoint, built.body
                 )
         tally.rows += len(chunk)
         tally.rejected += sum(1 for r in rows if r.reason is not None)
@@ -236,7 +235,7 @@ def write_shards(
             ) as writer:
                 for custom_id, body in ledger.iter_pending(spec.name):
                     estimates[custom_id] = estimate_prompt_tokens(body)
-                    closed = writer.add(custom_id, batch_line(custom_id, body))
+                    closed = writer.add(custom_id, batch_line(custom_id, body, spec.endpoint))
                     _record(ledger, spec.name, report, closed, estimates, completion)
                 _record(ledger, spec.name, report, writer.close(), estimates, completion)
             return

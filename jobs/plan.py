@@ -61,10 +61,19 @@ class Price:
     output_per_m: float
     batch_discount: float = 0.5
     flex_factor: float = 1.0
+    audio_per_hour: float = 0.0
+    """USD per hour of audio (speech-to-text models), on-demand."""
 
     def cost(self, prompt_tokens: int, completion_tokens: int, tier: str = "batch") -> float:
         """USD for these tokens on ``tier`` (``batch``, ``flex``, ``on_demand``)."""
         usd = (prompt_tokens * self.input_per_m + completion_tokens * self.output_per_m) / 1e6
+        return self._on(tier, usd)
+
+    def audio_cost(self, seconds: float, tier: str = "batch") -> float:
+        """USD for ``seconds`` of billed audio on ``tier``."""
+        return self._on(tier, seconds * self.audio_per_hour / 3600)
+
+    def _on(self, tier: str, usd: float) -> float:
         if tier == "batch":
             return usd * (1 - self.batch_discount)
         return usd * self.flex_factor if tier == "flex" else usd
@@ -98,7 +107,8 @@ def load_prices(path: str | os.PathLike[str] | None = None) -> dict[str, Price]:
     for model, entry in data.get("models", {}).items():
         try:
             prices[model] = Price(
-                model, float(entry["input"]), float(entry["output"]), discount, flex
+                model, float(entry["input"]), float(entry["output"]), discount, flex,
+                float(entry.get("audio_per_hour", 0.0)),
             )
         except (KeyError, TypeError, ValueError):
             raise ConfigError(
@@ -216,7 +226,7 @@ def _size_shards(
             report.to_send += 1
             report.est_prompt_tokens += estimate_prompt_tokens(body)
             report.est_completion_tokens += completion
-            sizer.add(len(batch_line(custom_id, body)))
+            sizer.add(len(batch_line(custom_id, body, spec.endpoint)))
         chunk.clear()
 
     for item in scratch.iter_pending(spec.name):

@@ -23,6 +23,8 @@ good file as it was.
   (``invalid_output: …`` for an answer that did not parse or fit the output schema);
 - ``groqbatch_custom_id``, ``groqbatch_tier`` (``batch``/``flex``/…), ``groqbatch_prompt_tokens``,
   ``groqbatch_completion_tokens`` — the request's, shared by the rows that share it;
+- ``groqbatch_tool_calls`` — only for a job with ``[prompt] tools``: the answer's
+  ``tool_calls`` (JSON; null when it answered in text);
 - the parsed output: with a JSON schema that declares ``properties`` (inline or a pydantic
   model), one column per property, in the schema's order (``parsed_<name>`` when an input
   column has that name); otherwise (``json_object``) one ``groqbatch_parsed`` column holding
@@ -60,6 +62,7 @@ from jobs import JobSpec, iter_job_rows
 from jobs.outputs import OutputValidator, answer_content
 from jobs.requests import row_key_or_position
 from jobs.spec import FORMAT_BY_SUFFIX
+from jobs.tools import tool_calls_of
 from state import Ledger
 from state.engine import chunked
 from state.exports import ExportRecord, RowOutcome
@@ -82,6 +85,8 @@ FIXED_COLUMNS = (
     "groqbatch_completion_tokens",
 )
 PARSED_COLUMN = "groqbatch_parsed"
+TOOL_CALLS_COLUMN = "groqbatch_tool_calls"
+"""A job with ``[prompt] tools``: the answer's ``tool_calls`` (JSON), after the fixed columns."""
 NOT_RUN = "not_run"
 REJECTED = "rejected"
 SUCCEEDED = "succeeded"
@@ -167,15 +172,19 @@ class _Layout:
     field_kinds: dict[str, Any]
     inputs: dict[str, str | None] = field(default_factory=dict)
     """Input column → kind, in order of first appearance (CSV and Parquet only)."""
+    extra: tuple[str, ...] = ()
+    """Columns after the fixed ones that only some jobs have (``groqbatch_tool_calls``)."""
 
     def field_column(self, name: str, input_columns: Any) -> str:
-        taken = name in input_columns or name in FIXED_COLUMNS or name == PARSED_COLUMN
+        taken = (name in input_columns or name in FIXED_COLUMNS or name == PARSED_COLUMN
+                 or name in self.extra)
         return f"parsed_{name}" if taken else name
 
     def columns(self) -> list[tuple[str, Any]]:
         """(column, kind) of every column, in order."""
         out: list[tuple[str, Any]] = [(name, kind or "str") for name, kind in self.inputs.items()]
         out += [(name, "int" if name.endswith("_tokens") else "str") for name in FIXED_COLUMNS]
+        out += [(name, "text") for name in self.extra]
         if not self.fields:
             return [*out, (PARSED_COLUMN, "text")]
         return out + [(self.field_column(n, self.inputs), self.field_kinds[n]) for n in self.fields]
@@ -325,7 +334,7 @@ def _record(row: Mapping[str, Any], key: str, outcome: RowOutcome | None, status
         if outcome.parsed is not None:
             parsed = orjson.loads(outcome.parsed)
         elif validator is not None:  # answered before the job had its output schema
-            parsed, _reason = validator.check(answer)
+            parsed = validator.parsed_of(body)
     error = None
     if outcome is not None and status != SUCCEEDED:
         error = outcome.reason if status == REJECTED else outcome.last_error
@@ -339,6 +348,8 @@ def _record(row: Mapping[str, Any], key: str, outcome: RowOutcome | None, status
         groqbatch_prompt_tokens=outcome.prompt_tokens if outcome is not None else None,
         groqbatch_completion_tokens=outcome.completion_tokens if outcome is not None else None,
     )
+    if TOOL_CALLS_COLUMN in layout.extra:
+        record[TOOL_CALLS_COLUMN] = tool_calls_of(body)
     if not layout.fields:
         record[PARSED_COLUMN] = parsed
     else:
@@ -347,6 +358,14 @@ def _record(row: Mapping[str, Any], key: str, outcome: RowOutcome | None, status
         for name in layout.fields:
             record[layout.field_column(name, inputs)] = values.get(name)
     return record
+
+
+def _layout_for(spec: JobSpec, validator: OutputValidator | None) -> _Layout:
+    layout = _Layout(validator.fields if validator else (),
+                     {n: _field_kind(s) for n, s in validator.field_schemas.items()} if validator else {})
+    if spec.prompt is not None and spec.prompt.tools:
+        layout.extra = (TOOL_CALLS_COLUMN,)
+    return layout
 
 
 def _keyed_chunks(spec: JobSpec) -> Iterator[list[tuple[str, dict[str, Any]]]]:
@@ -381,8 +400,7 @@ def iter_results(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False)
     """Each input row as a dict joined to its answer — the records :func:`export_job` writes
     to JSONL — streamed, without writing a file or recording an export."""
     validator = OutputValidator.for_job(spec)
-    layout = _Layout(validator.fields if validator else (),
-                     {n: _field_kind(s) for n, s in validator.field_schemas.items()} if validator else {})
+    layout = _layout_for(spec, validator)
     report = ExportReport(job=spec.name, path="", format="jsonl", since=None, exported_at="")
     for records in _joined_chunks(spec, ledger, layout, validator, report,
                                   only_succeeded=only_succeeded, since=None):
@@ -451,8 +469,7 @@ def export_job(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False,
     report = ExportReport(job=spec.name, path=str(target), format=fmt,
                           since=_utc(since) if since is not None else None,
                           exported_at=_utc(exported_at))
-    layout = _Layout(validator.fields if validator else (),
-                     {n: _field_kind(s) for n, s in validator.field_schemas.items()} if validator else {})
+    layout = _layout_for(spec, validator)
     if fmt != "jsonl":
         layout.inputs = _survey(spec)
     temporary = target.with_name(f"{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
