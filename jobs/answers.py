@@ -69,7 +69,9 @@ def _judge_transcript(body: Any) -> tuple[Any, str | None]:
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return body, None  # response_format = "text": the body is the transcript
+            # response_format = "text": the body is the transcript. Kept as {"text": ...},
+            # the shape the client gives a synchronous text/plain answer, so one reader serves both.
+            return {"text": body}, None
         if isinstance(parsed, Mapping):
             body = parsed
     if body is None:

@@ -83,11 +83,11 @@ def is_invalid_output(error: str | None) -> bool:
 def answer_content(body: Any) -> str | None:
     """The message content of a chat completion body (its first choice), if it has one; the
     text of a transcription or translation."""
+    if not isinstance(body, Mapping):
+        return None
     text = transcript_text(body)
     if text is not None:
         return text
-    if not isinstance(body, Mapping):
-        return None
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
         return None

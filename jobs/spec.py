@@ -272,11 +272,11 @@ class JobSpec(_Table):
                 raise field_error("adapter", "LoRA adapters are for chat models, not audio")
             self.audio.check_model(self.endpoint, self.model)
         else:
-            if self.prompt is None:
-                raise field_error("prompt", "add a [prompt] table with user = \"...\"")
             if self.audio is not None:
                 raise field_error("audio", 'set endpoint = "/v1/audio/transcriptions" (or '
                                   '"/v1/audio/translations") to use [audio]')
+            if self.prompt is None:
+                raise field_error("prompt", "add a [prompt] table with user = \"...\"")
         return self
 
     @property
