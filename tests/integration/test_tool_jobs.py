@@ -43,13 +43,15 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def write_tool_job(directory: Path, base_url: str, *, tool_choice: Any, order: dict[str, Any] = ORDER,
+def write_tool_job(directory: Path, base_url: str | None, *, tool_choice: Any,
+                   order: dict[str, Any] = ORDER,
                    policy: dict[str, Any] | None = None, fallback: bool = False) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / "emails.jsonl").open("w") as out:
         for i in range(ROWS):
             out.write(json.dumps({"id": f"e{i}", "text": f"please send {i + 1} mugs, order {i}"}) + "\n")
-    lines = ['name = "orders"', 'backend = "local"', f'base_url = "{base_url}"',
+    lines = ['name = "orders"', 'backend = "local"',
+             *([f'base_url = "{base_url}"'] if base_url else []),
              'model = "llama-3.1-8b-instant"', "[input]", 'path = "emails.jsonl"', 'id_column = "id"',
              "[prompt]", 'user = "{{ text }}"', f"tool_choice = {toml_value(tool_choice)}"]
     for name, parameters in (("record_order", order), ("flag_spam", SPAM)):
