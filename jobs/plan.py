@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.audio import MIN_BILLED_AUDIO_S, is_audio
 from jobs.compile import (
     CompileReport,
     ShardSummary,
@@ -257,6 +258,19 @@ def refuse_unpriced_budget(spec: JobSpec, model: str, prices: dict[str, Price] |
         )
 
 
+def _price_audio(plan: PlanReport, price: Price, requests: int) -> None:
+    """An audio job is billed by the length of its audio, which a plan does not read: its cost
+    is given as the least it can be (every request billed its minimum 10 seconds)."""
+    seconds = MIN_BILLED_AUDIO_S * requests
+    plan.cost_batch_usd = price.audio_cost(seconds, "batch")
+    plan.cost_on_demand_usd = price.audio_cost(seconds, "on_demand")
+    plan.warnings.append(
+        f"audio is billed by its length (${price.audio_per_hour}/hour on demand, at least "
+        f"{MIN_BILLED_AUDIO_S:g} s a request): the cost shown is that minimum; token estimates "
+        "do not apply"
+    )
+
+
 def _price(spec: JobSpec, report: CompileReport, prices: dict[str, Price]) -> PlanReport:
     plan = PlanReport(compile=report)
     price = price_for(report.model, prices)
@@ -269,6 +283,8 @@ def _price(spec: JobSpec, report: CompileReport, prices: dict[str, Price]) -> Pl
         plan.output_usd_per_m = price.output_per_m
         plan.cost_batch_usd = price.cost(prompt, completion, "batch")
         plan.cost_on_demand_usd = price.cost(prompt, completion, "on_demand")
+        if is_audio(spec.endpoint):
+            _price_audio(plan, price, report.to_send)
     budget = spec.policy.budget
     if budget.max_requests is not None and report.to_send > budget.max_requests:
         plan.warnings.append(

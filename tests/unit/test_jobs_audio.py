@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from jobs import RequestBuilder, load_job
+from jobs import RequestBuilder, load_job, load_prices, plan_job, price_for
 from jobs.answers import judge_answer
 from jobs.audio import billed_audio_seconds, transcript_text
 from jobs.outputs import OutputValidator, answer_content
@@ -175,3 +175,15 @@ def test_verbose_json_fields_are_kept_parsed(tmp_path: Path) -> None:
     assert plain is not None
     assert plain.fields == ()
     assert plain.judge({"text": "hi"}).parsed is None
+
+
+def test_a_plan_prices_audio_at_its_minimum_billed_length(tmp_path: Path) -> None:
+    spec = load_job(CONFIGS / "transcribe.toml").model_copy(
+        update={"ledger": str(tmp_path / "plan.sqlite"), "workdir": str(tmp_path / "work")})
+    plan = plan_job(spec, None)
+    price = price_for("whisper-large-v3-turbo", load_prices())
+    assert price is not None
+    assert plan.compile.to_send == 6
+    assert plan.cost_batch_usd == pytest.approx(price.audio_cost(60, "batch"))
+    assert plan.cost_on_demand_usd == pytest.approx(2 * plan.cost_batch_usd)
+    assert any("billed by its length" in warning for warning in plan.warnings)
