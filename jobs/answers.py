@@ -72,6 +72,8 @@ def _judge_transcript(body: Any) -> tuple[Any, str | None]:
             # response_format = "text": the body is the transcript. Kept as {"text": ...},
             # the shape the client gives a synchronous text/plain answer, so one reader serves both.
             return {"text": body}, None
+        if isinstance(parsed, str):  # a text answer sent as a JSON string
+            return {"text": parsed}, None
         if isinstance(parsed, Mapping):
             body = parsed
     if body is None:

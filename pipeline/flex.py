@@ -56,7 +56,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from jobs import JobSpec, Price
 from jobs.answers import judge_answer
-from jobs.audio import billed_audio_seconds, is_audio
+from jobs.audio import MIN_BILLED_AUDIO_S, billed_audio_seconds, is_audio
 from jobs.compile import SYNC_MODE_REASON, estimate_completion_tokens, estimate_prompt_tokens
 from jobs.outputs import (
     OutputValidator,
@@ -463,6 +463,9 @@ class _Stage:
         return max(0.0, min((w for w in self.due.values() if w > now), default=now) - now)
 
     def _call(self, custom_id: str, body: bytes, attempts: int) -> _Call:
+        if is_audio(self.endpoint):  # no tokens: billed by the audio's length, at least 10 s
+            usd = self.price.audio_cost(MIN_BILLED_AUDIO_S, self.tier) if self.price else 0.0
+            return _Call(custom_id, orjson.loads(body), attempts, 0, usd)
         prompt = estimate_prompt_tokens(body)
         usd = self.price.cost(prompt, self.completion_estimate, "flex") if self.price else 0.0
         return _Call(custom_id, orjson.loads(body), attempts, prompt + self.completion_estimate, usd)

@@ -146,6 +146,7 @@ def test_transcripts_are_answers_and_chat_bodies_are_not() -> None:
     assert judge_answer({"text": "hello there"}, endpoint) == ({"text": "hello there"}, None)
     assert judge_answer("hello there", endpoint) == ({"text": "hello there"}, None)  # text format
     assert judge_answer('{"text": "hi"}', endpoint) == ({"text": "hi"}, None)
+    assert judge_answer('"hi there"', endpoint) == ({"text": "hi there"}, None)  # sent as a string
     assert judge_answer({"choices": [{"message": {"content": "x"}}]}, endpoint)[1] is not None
     assert judge_answer(None, endpoint)[1] is not None
     assert judge_answer({"text": "hi"})[1] is not None  # a chat job wants a chat completion
