@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,15 @@ from typing import Any
 import orjson
 import pytest
 
-from jobs import load_job, load_prices, price_for
+from jobs import compile_job, load_job, load_prices, price_for
 from jobs.audio import MIN_BILLED_AUDIO_S
 from pipeline.emulator import Emulator, EmulatorConfig, Scenario
 from pipeline.emulator.config import BatchFaults
 from pipeline.emulator.serve import ThreadedServer
 from pipeline.export import export_job
 from pipeline.runner import run_job
+from pipeline.submit import shard_file
+from pipeline.workers import Worker
 from state import Ledger
 from tests.audio import wav_data_url
 from tests.integration.lifecycle import FAST_POLICY, read_ledger
@@ -155,3 +158,19 @@ async def test_an_expired_audio_batch_is_finished_by_url_on_demand(tmp_path: Pat
         billed_s = max(MIN_BILLED_AUDIO_S, -(-body["duration"] // 1))
         assert request.cost_usd == pytest.approx(PRICE.audio_cost(billed_s, "on_demand"))
     assert summary.fallback["succeeded"] == len(SECONDS)
+
+
+def test_an_audio_shard_rebuilt_from_the_ledger_keeps_its_endpoint(tmp_path: Path,
+                                                                    ledger_url: str) -> None:
+    spec = load_job(write_audio_job(tmp_path, "http://127.0.0.1:9", audio={"language": "en"}))
+    spec = spec.model_copy(update={"ledger": ledger_url})
+    with Ledger.open(spec.ledger_target) as ledger:
+        compile_job(spec, ledger)
+        shards = ledger.shards(spec.name)
+        originals = {s["key"]: Path(s["path"]).read_bytes() for s in shards}
+        shutil.rmtree(spec.workdir_path / "shards")  # compiled "on another machine"
+        for shard in shards:
+            assert ledger.shard_endpoint(shard["key"]) == "/v1/audio/transcriptions"
+            rebuilt = shard_file(ledger, shard, tmp_path / "elsewhere", Worker("w2"))
+            assert rebuilt.read_bytes() == originals[shard["key"]]
+    assert len(shards) == 3
