@@ -22,15 +22,23 @@ from typing import Any
 
 import orjson
 
+from jobs.audio import is_audio, transcript_text
+
 __all__ = ["NOT_AN_ANSWER", "is_not_an_answer", "judge_answer"]
 
 NOT_AN_ANSWER = "not an answer: "
 """How the reason starts, in ``last_error`` and the quarantine."""
 
 
-def judge_answer(body: Any) -> tuple[Any, str | None]:
+def judge_answer(body: Any, endpoint: str = "/v1/chat/completions") -> tuple[Any, str | None]:
     """(the body — parsed, if it came as a JSON string —, None) for an answer, else (the body,
-    the reason it is not one)."""
+    the reason it is not one).
+
+    For an audio ``endpoint`` the answer is a transcript: ``{"text": "..."}`` (``json``,
+    ``verbose_json``), or the text itself (``response_format = "text"``).
+    """
+    if is_audio(endpoint):
+        return _judge_transcript(body)
     if isinstance(body, str):
         try:
             body = orjson.loads(body)
@@ -53,6 +61,25 @@ def judge_answer(body: Any) -> tuple[Any, str | None]:
     if isinstance(calls, list) and calls:
         return body, None
     return body, NOT_AN_ANSWER + "the first choice's message has neither content nor tool_calls"
+
+
+def _judge_transcript(body: Any) -> tuple[Any, str | None]:
+    if isinstance(body, str):
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            # response_format = "text": the body is the transcript. Kept as {"text": ...},
+            # the shape the client gives a synchronous text/plain answer, so one reader serves both.
+            return {"text": body}, None
+        if isinstance(parsed, str):  # a text answer sent as a JSON string
+            return {"text": parsed}, None
+        if isinstance(parsed, dict):
+            body = parsed
+    if body is None:
+        return body, NOT_AN_ANSWER + "the body is null"
+    if transcript_text(body) is None:
+        return body, NOT_AN_ANSWER + "the body is not a transcript (no text)"
+    return body, None
 
 
 def is_not_an_answer(error: str | None) -> bool:

@@ -40,7 +40,6 @@ from typing import Any
 from jobs.inputs import find_duplicate_ids, iter_job_rows
 from jobs.load import spec_hash, spec_json
 from jobs.requests import (
-    CHAT_ENDPOINT,
     SAMPLE_MARK,
     RequestBuilder,
     batch_line,
@@ -81,7 +80,7 @@ def estimate_completion_tokens(spec: JobSpec) -> int:
     """Completion tokens expected per request (see the module docstring)."""
     return (
         spec.policy.budget.expected_completion_tokens
-        or spec.prompt.max_completion_tokens
+        or (spec.prompt.max_completion_tokens if spec.prompt is not None else None)
         or DEFAULT_COMPLETION_TOKENS
     )
 
@@ -190,7 +189,7 @@ def record_rows_and_requests(
                 rows.append(RowRecord(sample_row_key(key, i), row_index, built.custom_id, None))
                 if built.custom_id not in requests:
                     requests[built.custom_id] = RequestRecord(
-                        built.custom_id, CHAT_ENDPOINT, built.body
+                        built.custom_id, builder.endpoint, built.body
                     )
         tally.rows += len(chunk)
         if previous is not None:
@@ -251,7 +250,7 @@ def write_shards(
             ) as writer:
                 for custom_id, body in ledger.iter_pending(spec.name):
                     estimates[custom_id] = estimate_prompt_tokens(body)
-                    closed = writer.add(custom_id, batch_line(custom_id, body))
+                    closed = writer.add(custom_id, batch_line(custom_id, body, spec.endpoint))
                     _record(ledger, spec.name, report, closed, estimates, completion)
                 _record(ledger, spec.name, report, writer.close(), estimates, completion)
             return

@@ -41,9 +41,11 @@ from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.validators import validator_for
 from pydantic import BaseModel, ValidationError
 
+from jobs.audio import VERBOSE_FIELDS, is_audio, transcript_text
 from jobs.moderation import MODERATION_FIELDS, parse_moderation
 from jobs.prompt import JsonObjectFormat, JsonSchemaFormat, load_model_class
 from jobs.spec import JobSpec
+from jobs.tools import tool_calls_of
 from pipeline.errors import ConfigError
 from state.status import RequestStatus
 
@@ -82,9 +84,13 @@ def is_invalid_output(error: str | None) -> bool:
 
 
 def answer_content(body: Any) -> str | None:
-    """The message content of a chat completion body (its first choice), if it has one."""
+    """The message content of a chat completion body (its first choice), if it has one; the
+    text of a transcription or translation."""
     if not isinstance(body, Mapping):
         return None
+    text = transcript_text(body)
+    if text is not None:
+        return text
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
         return None
@@ -108,13 +114,19 @@ class OutputValidator:
 
     def __init__(
         self,
-        kind: Literal["json_object", "json_schema", "moderation"],
+        kind: Literal["json_object", "json_schema", "moderation", "tool_call", "transcript"],
         *,
         schema: Mapping[str, Any] | None = None,
         model: type[BaseModel] | None = None,
         retries: int = 0,
+        function: str | None = None,
+        endpoint: str = "/v1/chat/completions",
     ) -> None:
         self.kind = kind
+        self.function = function
+        """``tool_call``: the forced function whose arguments are the output."""
+        self.endpoint = endpoint
+        """The job's endpoint: what an answer is (:func:`jobs.answers.judge_answer`)."""
         self.model = model
         self.retries = retries
         """``[policy] retry_invalid_output``: 0 fails an invalid output, N retries it."""
@@ -122,14 +134,14 @@ class OutputValidator:
             schema = model.model_json_schema()
         self.schema: Mapping[str, Any] | None = schema
         self._schema_check: Any = None
-        if schema is not None and model is None:
+        if schema is not None and model is None and kind != "transcript":
             checker = validator_for(schema, default=Draft202012Validator)
             try:
                 checker.check_schema(schema)
             except SchemaError as exc:
                 raise ConfigError(
                     f"not a valid JSON schema: {exc.message}",
-                    field="prompt.response_format.schema",
+                    field="prompt.tools" if kind == "tool_call" else "prompt.response_format.schema",
                 ) from None
             self._schema_check = checker(schema)
         if kind == "moderation":
@@ -140,11 +152,23 @@ class OutputValidator:
 
     @classmethod
     def for_job(cls, spec: JobSpec) -> OutputValidator | None:
-        """The validator of ``spec``'s output schema; None when answers are free text."""
-        fmt = spec.prompt.response_format
+        """The validator of ``spec``'s output schema; None when answers are free text.
+
+        An audio job's answers are transcripts (``verbose_json`` ones keep their segments
+        parsed); a job whose ``tool_choice`` forces a function has that function's arguments
+        as its output, checked against its ``parameters``."""
         retries = spec.policy.retry_invalid_output
         if spec.output.kind == "moderation":
             return cls("moderation", retries=retries)
+        if is_audio(spec.endpoint):
+            verbose = spec.audio is not None and spec.audio.response_format == "verbose_json"
+            return cls("transcript", schema={"type": "object", "properties": VERBOSE_FIELDS}
+                       if verbose else None, retries=retries, endpoint=spec.endpoint)
+        prompt = spec.chat_prompt
+        if prompt.forced_function is not None:
+            return cls("tool_call", schema=prompt.tool_parameters(prompt.forced_function),
+                       retries=retries, function=prompt.forced_function)
+        fmt = prompt.response_format
         if isinstance(fmt, JsonObjectFormat):
             return cls("json_object", retries=retries)
         if not isinstance(fmt, JsonSchemaFormat):
@@ -193,11 +217,55 @@ class OutputValidator:
         return value, None
 
     def judge(self, body: Any) -> Verdict:
-        """Check the content of a successful chat completion ``body``."""
-        parsed, reason = self.check(answer_content(body))
+        """Check the content of a successful chat completion ``body`` (for a forced function,
+        its call's arguments; for a transcript, nothing: ``verbose_json`` fields are kept)."""
+        if self.kind == "transcript":
+            return Verdict(parsed=self._verbose(body))
+        parsed: Any = None
+        if self.kind == "tool_call":
+            arguments, reason = self.arguments(body)
+            if reason is None:
+                parsed, reason = self.check(arguments)
+        else:
+            parsed, reason = self.check(answer_content(body))
         if reason is not None:
             return Verdict(invalid=invalid_output_error(reason))
         return Verdict(parsed=orjson.dumps(parsed).decode())
+
+    def parsed_of(self, body: Any) -> Any | None:
+        """The parsed output of an answer recorded without one (before the job had its
+        schema), or None if it does not parse or fit."""
+        if self.kind == "transcript":
+            verbose = self._verbose(body)
+            return orjson.loads(verbose) if verbose is not None else None
+        if self.kind == "tool_call":
+            arguments, reason = self.arguments(body)
+            return None if reason is not None else self.check(arguments)[0]
+        return self.check(answer_content(body))[0]
+
+    def arguments(self, body: Any) -> tuple[str | None, str | None]:
+        """The ``arguments`` of the forced function's call in ``body``, or the reason there is
+        none (no call of it, or arguments that are not a string)."""
+        calls = tool_calls_of(body) or []
+        for call in calls:
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(function, Mapping) and function.get("name") == self.function:
+                arguments = function.get("arguments")
+                if isinstance(arguments, str):
+                    return arguments, None
+                if isinstance(arguments, Mapping):  # a server that sent an object, not its JSON
+                    return orjson.dumps(arguments).decode(), None
+                return None, f"the call of {self.function!r} has no arguments string"
+        called = [str((c.get("function") or {}).get("name")) for c in calls if isinstance(c, Mapping)]
+        return None, (f"the answer does not call {self.function!r}"
+                      + (f" (it calls {', '.join(called)})" if called else " (no tool_calls)"))
+
+    def _verbose(self, body: Any) -> str | None:
+        """A ``verbose_json`` transcript's fields besides ``text`` as JSON text."""
+        if self.schema is None or not isinstance(body, Mapping):
+            return None
+        kept = {name: body[name] for name in VERBOSE_FIELDS if name in body}
+        return orjson.dumps(kept).decode() if kept else None
 
     def _check_model(self, content: str) -> tuple[Any | None, str | None]:
         assert self.model is not None

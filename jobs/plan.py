@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.audio import MIN_BILLED_AUDIO_S, is_audio
 from jobs.compile import (
     CompileReport,
     ShardSummary,
@@ -61,10 +62,19 @@ class Price:
     output_per_m: float
     batch_discount: float = 0.5
     flex_factor: float = 1.0
+    audio_per_hour: float = 0.0
+    """USD per hour of audio (speech-to-text models), on-demand."""
 
     def cost(self, prompt_tokens: int, completion_tokens: int, tier: str = "batch") -> float:
         """USD for these tokens on ``tier`` (``batch``, ``flex``, ``on_demand``)."""
         usd = (prompt_tokens * self.input_per_m + completion_tokens * self.output_per_m) / 1e6
+        return self._on(tier, usd)
+
+    def audio_cost(self, seconds: float, tier: str = "batch") -> float:
+        """USD for ``seconds`` of billed audio on ``tier``."""
+        return self._on(tier, seconds * self.audio_per_hour / 3600)
+
+    def _on(self, tier: str, usd: float) -> float:
         if tier == "batch":
             return usd * (1 - self.batch_discount)
         return usd * self.flex_factor if tier == "flex" else usd
@@ -98,7 +108,8 @@ def load_prices(path: str | os.PathLike[str] | None = None) -> dict[str, Price]:
     for model, entry in data.get("models", {}).items():
         try:
             prices[model] = Price(
-                model, float(entry["input"]), float(entry["output"]), discount, flex
+                model, float(entry["input"]), float(entry["output"]), discount, flex,
+                float(entry.get("audio_per_hour", 0.0)),
             )
         except (KeyError, TypeError, ValueError):
             raise ConfigError(
@@ -216,7 +227,7 @@ def _size_shards(
             report.to_send += 1
             report.est_prompt_tokens += estimate_prompt_tokens(body)
             report.est_completion_tokens += completion
-            sizer.add(len(batch_line(custom_id, body)))
+            sizer.add(len(batch_line(custom_id, body, spec.endpoint)))
         chunk.clear()
 
     for item in scratch.iter_pending(spec.name):
@@ -247,6 +258,19 @@ def refuse_unpriced_budget(spec: JobSpec, model: str, prices: dict[str, Price] |
         )
 
 
+def _price_audio(plan: PlanReport, price: Price, requests: int) -> None:
+    """An audio job is billed by the length of its audio, which a plan does not read: its cost
+    is given as the least it can be (every request billed its minimum 10 seconds)."""
+    seconds = MIN_BILLED_AUDIO_S * requests
+    plan.cost_batch_usd = price.audio_cost(seconds, "batch")
+    plan.cost_on_demand_usd = price.audio_cost(seconds, "on_demand")
+    plan.warnings.append(
+        f"audio is billed by its length (${price.audio_per_hour}/hour on demand, at least "
+        f"{MIN_BILLED_AUDIO_S:g} s a request): the cost shown is that minimum; token estimates "
+        "do not apply"
+    )
+
+
 def _price(spec: JobSpec, report: CompileReport, prices: dict[str, Price]) -> PlanReport:
     plan = PlanReport(compile=report)
     price = price_for(report.model, prices)
@@ -259,6 +283,8 @@ def _price(spec: JobSpec, report: CompileReport, prices: dict[str, Price]) -> Pl
         plan.output_usd_per_m = price.output_per_m
         plan.cost_batch_usd = price.cost(prompt, completion, "batch")
         plan.cost_on_demand_usd = price.cost(prompt, completion, "on_demand")
+        if is_audio(spec.endpoint):
+            _price_audio(plan, price, report.to_send)
     budget = spec.policy.budget
     if budget.max_requests is not None and report.to_send > budget.max_requests:
         plan.warnings.append(

@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from jobs.policy import field_error
 from jobs.template import check_syntax
+from jobs.tools import NamedToolChoice, ToolSpec
 
 __all__ = [
     "JsonObjectFormat",
@@ -288,6 +289,19 @@ class PromptSpec(_Table):
         "set `model`, `messages`, `stream`, `service_tier`, `response_format` or a key of "
         "this table, and `n` only as 1.",
     )
+    tools: list[ToolSpec] = Field(
+        default=[],
+        max_length=128,
+        description="Functions the model may call (`[[prompt.tools]]`, each "
+        "`{ type = \"function\", function = { name, description, parameters } }`). An answer "
+        "that calls them is an answer.",
+    )
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        default=None,
+        description="`none`, `auto`, `required`, or `{ type = \"function\", function = "
+        "{ name = \"...\" } }` to force one function: its arguments are then the structured "
+        "output, checked against its parameters.",
+    )
 
     @field_validator("system", "user", "images", "messages", mode="after")
     @classmethod
@@ -335,6 +349,41 @@ class PromptSpec(_Table):
         return self
 
     @model_validator(mode="after")
+    def _tools(self) -> PromptSpec:
+        names = [tool.function.name for tool in self.tools]
+        if len(set(names)) != len(names):
+            raise field_error("tools", "two tools have the same function name")
+        for key in ("tools", "tool_choice"):
+            if key in self.extra_body and (self.tools or self.tool_choice is not None):
+                raise field_error("extra_body", f"set [prompt].{key}, not extra_body.{key}")
+        if self.tool_choice is not None and not self.tools:
+            raise field_error("tool_choice", "tool_choice needs [[prompt.tools]]")
+        forced = self.forced_function
+        if forced is not None:
+            if forced not in names:
+                raise field_error(
+                    "tool_choice", f"tool_choice names {forced!r}, which is not one of the tools"
+                )
+            if self.response_format is not None and self.response_format.type != "text":
+                raise field_error(
+                    "response_format",
+                    "a forced function's arguments are the structured output; "
+                    "drop response_format",
+                )
+        return self
+
+    @property
+    def forced_function(self) -> str | None:
+        """The function ``tool_choice`` forces, if it names one."""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return None
+
+    def tool_parameters(self, name: str) -> dict[str, Any]:
+        """The ``parameters`` schema of the tool named ``name``."""
+        return next(t.function.parameters for t in self.tools if t.function.name == name)
+
+    @model_validator(mode="after")
     def _reasoning(self) -> PromptSpec:
         if self.include_reasoning is not None and self.reasoning_format is not None:
             raise field_error(
@@ -352,5 +401,10 @@ class PromptSpec(_Table):
                 params[key] = value
         if self.response_format is not None:
             params["response_format"] = self.response_format.wire(base_dir)
+        if self.tools:
+            params["tools"] = [tool.model_dump(exclude_none=True) for tool in self.tools]
+        if self.tool_choice is not None:
+            choice = self.tool_choice
+            params["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
         params.update(self.extra_body)
         return params

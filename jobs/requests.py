@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from jobs.audio import AudioTemplates
 from jobs.spec import JobSpec
 from jobs.template import PromptTemplates, RowRejected
 from pipeline.errors import ConfigError
@@ -45,6 +46,14 @@ _ROW_DOMAIN = b"groqbatch/row/v1\0"
 _LINE_HEAD = b'{"custom_id":"'
 _LINE_MID = b'","method":"POST","url":"' + CHAT_ENDPOINT.encode() + b'","body":'
 _LINE_TAIL = b"}\n"
+_MIDS: dict[str, bytes] = {CHAT_ENDPOINT: _LINE_MID}
+
+
+def _line_mid(endpoint: str) -> bytes:
+    mid = _MIDS.get(endpoint)
+    if mid is None:
+        mid = _MIDS[endpoint] = b'","method":"POST","url":"' + endpoint.encode() + b'","body":'
+    return mid
 
 
 def canonical_json(value: Any) -> bytes:
@@ -117,13 +126,14 @@ def row_key_or_position(row: Mapping[str, Any], id_column: str | None, row_index
         return unkeyed_row_key(row_index)
 
 
-def batch_line(custom_id: str, body: bytes) -> bytes:
+def batch_line(custom_id: str, body: bytes, endpoint: str = CHAT_ENDPOINT) -> bytes:
     """One line of a batch input file, newline included.
 
     ``{"custom_id":…,"method":"POST","url":"/v1/chat/completions","body":…}``; built by
     concatenation because ``custom_id`` needs no escaping and ``body`` is already JSON.
     """
-    return _LINE_HEAD + custom_id.encode("ascii") + _LINE_MID + body + _LINE_TAIL
+    mid = _LINE_MID if endpoint == CHAT_ENDPOINT else _line_mid(endpoint)
+    return _LINE_HEAD + custom_id.encode("ascii") + mid + body + _LINE_TAIL
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +142,13 @@ class BuiltRequest:
 
     custom_id: str
     body: bytes
+    endpoint: str = CHAT_ENDPOINT
 
     @property
     def line_bytes(self) -> int:
         """The size of its batch line (see :func:`batch_line`)."""
-        return len(_LINE_HEAD) + len(self.custom_id) + len(_LINE_MID) + len(self.body) + 2
+        mid = _LINE_MID if self.endpoint == CHAT_ENDPOINT else _line_mid(self.endpoint)
+        return len(_LINE_HEAD) + len(self.custom_id) + len(mid) + len(self.body) + 2
 
 
 class RequestBuilder:
@@ -161,18 +173,27 @@ class RequestBuilder:
                 field="adapter",
             )
         self.model = resolved
-        self.endpoint = CHAT_ENDPOINT
+        self.endpoint: str = spec.endpoint
         self.salt = salt
         self.max_line_bytes = max_line_bytes or spec.policy.max_bytes_per_shard
-        self._templates = PromptTemplates.from_spec(spec.prompt)
-        self._params = spec.prompt.request_params(spec.base_dir)
-        self.samples = spec.prompt.samples
+        self._audio = AudioTemplates(spec.audio) if spec.audio is not None else None
+        if spec.audio is not None:
+            self._params = spec.audio.constant_params()
+            self.samples = 1
+        else:
+            self._templates = PromptTemplates.from_spec(spec.chat_prompt)
+            self._params = spec.chat_prompt.request_params(spec.base_dir)
+            self.samples = spec.chat_prompt.samples
         """Requests per row (``[prompt] samples``): sample i is sent with ``seed`` + i."""
-        self._base_seed: int = spec.prompt.seed or 0
+        self._base_seed: int = (spec.prompt.seed if spec.prompt is not None else None) or 0
 
     def body(self, row: Mapping[str, Any], sample: int = 0) -> dict[str, Any]:
         """The request body for ``row`` (its ``sample``-th); raises :class:`RowRejected`."""
-        body: dict[str, Any] = {"model": self.model, "messages": self._templates.messages(row)}
+        body: dict[str, Any]
+        if self._audio is not None:
+            body = {"model": self.model, **self._audio.fields(row)}
+        else:
+            body = {"model": self.model, "messages": self._templates.messages(row)}
         body.update(self._params)
         if self.samples > 1:
             body["seed"] = self._base_seed + sample
@@ -194,7 +215,8 @@ class RequestBuilder:
             body = canonical_json(value)
         except orjson.JSONEncodeError as exc:
             raise RowRejected(f"cannot encode the request as JSON: {exc}") from None
-        built = BuiltRequest(custom_id_for(body, endpoint=self.endpoint, salt=self.salt), body)
+        built = BuiltRequest(custom_id_for(body, endpoint=self.endpoint, salt=self.salt), body,
+                             self.endpoint)
         size = built.line_bytes
         if size > self.max_line_bytes:
             raise RowRejected(

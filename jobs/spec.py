@@ -41,10 +41,12 @@ from pydantic import (
     Field,
     PrivateAttr,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from jobs.audio import AUDIO_ENDPOINTS, AudioSpec
 from jobs.evaluate import EvaluateSpec
 from jobs.policy import PolicySpec, field_error
 from jobs.prompt import PromptSpec
@@ -299,9 +301,10 @@ class JobSpec(_Table):
         "`model`.",
     )
     input: InputSpec = Field(description="`[input]`: the dataset, one request per row.")
-    prompt: PromptSpec = Field(
+    prompt: PromptSpec | None = Field(
+        default=None,
         description="`[prompt]`: the message templates and the request parameters sent "
-        "with them."
+        "with them — of a chat job (every job but an audio one).",
     )
     policy: PolicySpec = Field(
         default=PolicySpec(),
@@ -319,6 +322,19 @@ class JobSpec(_Table):
         default=None,
         description="`[evaluate]`: score each run's answers against a reference column of "
         "the input. Default: no scoring.",
+    )
+
+    endpoint: Literal[
+        "/v1/chat/completions", "/v1/audio/transcriptions", "/v1/audio/translations"
+    ] = Field(
+        default="/v1/chat/completions",
+        description="The API endpoint each request goes to: chat completions (with ``[prompt]``), "
+        "or audio transcriptions / translations (with ``[audio]``, see :mod:`jobs.audio`).",
+    )
+    audio: AudioSpec | None = Field(
+        default=None,
+        description="``[audio]``: the request of an audio job (``url`` template, ``language``, "
+        "``prompt``, ``response_format``, ``temperature``, ``timestamp_granularities``).",
     )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -353,7 +369,8 @@ class JobSpec(_Table):
 
     @model_validator(mode="after")
     def _moderation_is_text(self) -> JobSpec:
-        if self.output.kind == "moderation" and self.prompt.response_format is not None:
+        if (self.output.kind == "moderation" and self.prompt is not None
+                and self.prompt.response_format is not None):
             raise field_error("prompt.response_format", 'output kind "moderation" parses plain '
                               "text verdicts; leave response_format out")
         return self
@@ -367,6 +384,39 @@ class JobSpec(_Table):
                 "adapter", "set model or adapter, not both (an adapter names its own model)"
             )
         return self
+
+    @field_validator("audio", mode="after")
+    @classmethod
+    def _audio_fields(cls, value: AudioSpec | None, info: ValidationInfo) -> AudioSpec | None:
+        endpoint = info.data.get("endpoint")
+        if value is not None and isinstance(endpoint, str) and endpoint in AUDIO_ENDPOINTS:
+            value.check_fields(endpoint)
+        return value
+
+    @model_validator(mode="after")
+    def _endpoint_tables(self) -> JobSpec:
+        if self.endpoint in AUDIO_ENDPOINTS:
+            if self.audio is None:
+                raise field_error("audio", f"endpoint {self.endpoint} needs an [audio] table")
+            if self.prompt is not None:
+                raise field_error("prompt", "an audio job has [audio], not [prompt]")
+            if self.adapter is not None:
+                raise field_error("adapter", "LoRA adapters are for chat models, not audio")
+            self.audio.check_model(self.endpoint, self.model)
+        else:
+            if self.audio is not None:
+                raise field_error("audio", 'set endpoint = "/v1/audio/transcriptions" (or '
+                                  '"/v1/audio/translations") to use [audio]')
+            if self.prompt is None:
+                raise field_error("prompt", "add a [prompt] table with user = \"...\"")
+        return self
+
+    @property
+    def chat_prompt(self) -> PromptSpec:
+        """``[prompt]`` of a chat job (raises for an audio job, which has none)."""
+        if self.prompt is None:
+            raise ValueError(f"job {self.name!r} is an audio job: it has no [prompt]")
+        return self.prompt
 
     # -- resolved locations (relative to the config file's folder) ----------------------
 

@@ -370,6 +370,11 @@ def _decode(response: httpx.Response) -> Any:
         raise TransportError(f"{what}: answer is not JSON ({len(response.content)} bytes): {exc}") from exc
 
 
+def _form_value(value: Any) -> str:
+    """A body value as a multipart form field: text as is, anything else as JSON."""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
 class GroqClient:
     """Async client for Groq's Files, Batches, Chat, Models and fine-tuning endpoints."""
 
@@ -581,6 +586,27 @@ class GroqClient:
                                             content=orjson.dumps(payload),
                                             headers={"Content-Type": "application/json"})
                 return ChatReply(_decode(response), RateLimitState.from_headers(response.headers),
+                                 response.headers.get("x-request-id"))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def transcribe(self, endpoint: str, body: Mapping[str, Any], *,
+                         retry: RetryPolicy | None = None) -> ChatReply:
+        """One synchronous transcription or translation (``endpoint`` is the batch line's
+        ``/v1/audio/...``), sent as Groq takes it: a multipart form of the body's fields (the
+        audio by ``url``; a list as repeated ``name[]`` fields, as the SDKs send it). A
+        ``text`` answer (``text/plain``) comes back as ``{"text": ...}``."""
+        form = [(f"{name}[]" if isinstance(value, list) else name, (None, _form_value(item)))
+                for name, value in body.items() if value is not None
+                for item in (value if isinstance(value, list) else [value])]
+        path = OPENAI_PREFIX + endpoint.removeprefix("/v1")
+        async for attempt in (retry or self.retry).retrying():
+            with attempt:
+                response = await self._send("POST", path, files=form)
+                if response.headers.get("content-type", "").startswith("text/plain"):
+                    data: Any = {"text": response.text}
+                else:
+                    data = _decode(response)
+                return ChatReply(data, RateLimitState.from_headers(response.headers),
                                  response.headers.get("x-request-id"))
         raise AssertionError("unreachable")  # pragma: no cover
 

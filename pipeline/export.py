@@ -23,6 +23,8 @@ good file as it was.
   (``invalid_output: …`` for an answer that did not parse or fit the output schema);
 - ``groqbatch_custom_id``, ``groqbatch_tier`` (``batch``/``flex``/…), ``groqbatch_prompt_tokens``,
   ``groqbatch_completion_tokens`` — the request's, shared by the rows that share it;
+- ``groqbatch_tool_calls`` — only for a job with ``[prompt] tools``: the answer's
+  ``tool_calls`` (JSON; null when it answered in text);
 - the parsed output: with a JSON schema that declares ``properties`` (inline or a pydantic
   model), one column per property, in the schema's order (``parsed_<name>`` when an input
   column has that name); otherwise (``json_object``) one ``groqbatch_parsed`` column holding
@@ -66,6 +68,7 @@ from jobs import JobSpec, iter_job_rows
 from jobs.outputs import OutputValidator, answer_content
 from jobs.requests import row_key_or_position, sample_row_key
 from jobs.spec import FORMAT_BY_SUFFIX
+from jobs.tools import tool_calls_of
 from state import Ledger
 from state.engine import chunked
 from state.exports import ExportRecord, RowOutcome
@@ -90,6 +93,8 @@ FIXED_COLUMNS = (
 PARSED_COLUMN = "groqbatch_parsed"
 SAMPLE_COLUMN = "groqbatch_sample"
 REASONING_COLUMN = "groqbatch_reasoning"
+TOOL_CALLS_COLUMN = "groqbatch_tool_calls"
+"""A job with ``[prompt] tools``: the answer's ``tool_calls`` (JSON), after the fixed columns."""
 NOT_RUN = "not_run"
 REJECTED = "rejected"
 SUCCEEDED = "succeeded"
@@ -180,19 +185,24 @@ class _Layout:
     reasoning: bool = False
     """Whether the job asks for reasoning: a ``groqbatch_reasoning`` column."""
 
+    extra: tuple[str, ...] = ()
+    """Columns after the fixed ones that only some jobs have (``groqbatch_tool_calls``)."""
+
     def extra_columns(self) -> list[tuple[str, Any]]:
         """The columns some jobs add, after all others."""
         out: list[tuple[str, Any]] = [(SAMPLE_COLUMN, "int")] if self.samples > 1 else []
         return out + ([(REASONING_COLUMN, "str")] if self.reasoning else [])
 
     def field_column(self, name: str, input_columns: Any) -> str:
-        taken = name in input_columns or name in FIXED_COLUMNS or name == PARSED_COLUMN
+        taken = (name in input_columns or name in FIXED_COLUMNS or name == PARSED_COLUMN
+                 or name in self.extra)
         return f"parsed_{name}" if taken else name
 
     def columns(self) -> list[tuple[str, Any]]:
         """(column, kind) of every column, in order."""
         out: list[tuple[str, Any]] = [(name, kind or "str") for name, kind in self.inputs.items()]
         out += [(name, "int" if name.endswith("_tokens") else "str") for name in FIXED_COLUMNS]
+        out += [(name, "text") for name in self.extra]
         if not self.fields:
             return [*out, (PARSED_COLUMN, "text"), *self.extra_columns()]
         out += [(self.field_column(n, self.inputs), self.field_kinds[n]) for n in self.fields]
@@ -204,7 +214,8 @@ def _layout_for(spec: JobSpec, validator: OutputValidator | None) -> _Layout:
     return _Layout(
         validator.fields if validator else (),
         {n: _field_kind(s) for n, s in validator.field_schemas.items()} if validator else {},
-        samples=prompt.samples,
+        extra=(TOOL_CALLS_COLUMN,) if prompt is not None and prompt.tools else (),
+        samples=prompt.samples if prompt is not None else 1,
         reasoning=_wants_reasoning(spec),
     )
 
@@ -214,6 +225,8 @@ def _wants_reasoning(spec: JobSpec) -> bool:
     ``include_reasoning = true``, or a ``reasoning_effort`` other than ``none`` (GPT-OSS returns
     its reasoning unless told not to) — and not turned off by ``include_reasoning = false``."""
     prompt = spec.prompt
+    if prompt is None:
+        return False
     if (prompt.include_reasoning is False or prompt.reasoning_format in ("raw", "hidden")
             or prompt.reasoning_effort == "none"):
         return False
@@ -365,7 +378,7 @@ def _record(row: Mapping[str, Any], key: str, outcome: RowOutcome | None, status
         if outcome.parsed is not None:
             parsed = orjson.loads(outcome.parsed)
         elif validator is not None:  # answered before the job had its output schema
-            parsed, _reason = validator.check(answer)
+            parsed = validator.parsed_of(body)
     error = None
     if outcome is not None and status != SUCCEEDED:
         error = outcome.reason if status == REJECTED else outcome.last_error
@@ -379,6 +392,8 @@ def _record(row: Mapping[str, Any], key: str, outcome: RowOutcome | None, status
         groqbatch_prompt_tokens=outcome.prompt_tokens if outcome is not None else None,
         groqbatch_completion_tokens=outcome.completion_tokens if outcome is not None else None,
     )
+    if TOOL_CALLS_COLUMN in layout.extra:
+        record[TOOL_CALLS_COLUMN] = tool_calls_of(body)
     if not layout.fields:
         record[PARSED_COLUMN] = parsed
     else:

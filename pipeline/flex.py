@@ -58,6 +58,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from jobs import JobSpec, Price
 from jobs.answers import judge_answer
+from jobs.audio import MIN_BILLED_AUDIO_S, billed_audio_seconds, is_audio
 from jobs.compile import SYNC_MODE_REASON, estimate_completion_tokens, estimate_prompt_tokens
 from jobs.outputs import (
     OutputValidator,
@@ -234,7 +235,7 @@ async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, pr
     """Send the job's eligible retryable requests through the synchronous path until none is
     left (or the budget stops it). Requests not eligible under the job's triggers stay put."""
     fallback = spec.policy.fallback
-    report = FlexReport(tier=fallback.service_tier)
+    report = FlexReport(tier=tier_for(spec))
     if not fallback.enabled:
         return report
     worker = worker or Worker.make()
@@ -258,6 +259,14 @@ async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, pr
     return report
 
 
+def tier_for(spec: JobSpec) -> str:
+    """The tier the fallback asks for: ``[policy.fallback].service_tier`` for chat; on-demand
+    for audio, whose endpoints take no ``service_tier`` (groq-docs "Flex Processing": the
+    parameter is one of chat completion requests; the OpenAPI transcription and translation
+    bodies allow no other field)."""
+    return "on_demand" if is_audio(spec.endpoint) else spec.policy.fallback.service_tier
+
+
 class _Stage:
     def __init__(self, ledger: Ledger, client: GroqClient, spec: JobSpec, price: Price | None,
                  report: FlexReport, budget: Budget, triggers: frozenset[str], retry: RetryPolicy,
@@ -268,7 +277,8 @@ class _Stage:
         """custom_id → (tokens, USD) estimated for a call sent whose outcome is not recorded."""
         self.report, self.budget, self.triggers, self.retry = report, budget, triggers, retry
         self.dropped_shards = dropped_shards
-        self.tier = spec.policy.fallback.service_tier
+        self.tier = tier_for(spec)
+        self.endpoint = spec.endpoint
         self.max_attempts = spec.policy.fallback.max_attempts
         self.outputs = OutputValidator.for_job(spec)
         self.invalid_retries = spec.policy.retry_invalid_output
@@ -402,6 +412,9 @@ class _Stage:
         return max(0.0, min((w for w in self.due.values() if w > now), default=now) - now)
 
     def _call(self, custom_id: str, body: bytes, attempts: int) -> _Call:
+        if is_audio(self.endpoint):  # no tokens: billed by the audio's length, at least 10 s
+            usd = self.price.audio_cost(MIN_BILLED_AUDIO_S, self.tier) if self.price else 0.0
+            return _Call(custom_id, orjson.loads(body), attempts, 0, usd)
         prompt = estimate_prompt_tokens(body)
         usd = self.price.cost(prompt, self.completion_estimate, "flex") if self.price else 0.0
         return _Call(custom_id, orjson.loads(body), attempts, prompt + self.completion_estimate, usd)
@@ -435,7 +448,10 @@ class _Stage:
 
     async def _attempt(self, call: _Call, sent_at: float) -> _Outcome:
         try:
-            reply = await self.client.chat(call.body, service_tier=self.tier, retry=NO_RETRY)
+            if is_audio(self.endpoint):  # no service_tier: the audio endpoints do not take one
+                reply = await self.client.transcribe(self.endpoint, call.body, retry=NO_RETRY)
+            else:
+                reply = await self.client.chat(call.body, service_tier=self.tier, retry=NO_RETRY)
         except (AuthenticationError, ServerUnavailableError) as exc:
             # The key, or a server gone for good — not the request: failing every request for
             # good would leave nothing to retry once it is fixed. Back to retryable, and the
@@ -459,12 +475,14 @@ class _Stage:
         output schema) an invalid output — paid for all the same (see :mod:`jobs.outputs`); or,
         when the body is not an answer at all (:mod:`jobs.answers`), retryable, asked again
         after a backoff, the body kept with the reason."""
-        body, problem = judge_answer(reply.body)
+        body, problem = judge_answer(reply.body, self.endpoint)
         usage: Any = body.get("usage") if isinstance(body, Mapping) else None
         usage = usage if isinstance(usage, Mapping) else {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
         cost = self.price.cost(prompt, completion, "flex") if self.price else 0.0
+        if self.price and is_audio(self.endpoint):  # billed by the audio's length
+            cost += self.price.audio_cost(billed_audio_seconds(body), self.tier)
         if problem is not None:
             self.due[call.custom_id] = time.monotonic() + random.uniform(
                 0, min(self.retry.max_backoff_s, self.retry.initial_backoff_s * 2 ** call.attempts))

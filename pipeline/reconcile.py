@@ -38,12 +38,14 @@ import orjson
 
 from jobs import Price
 from jobs.answers import is_not_an_answer, judge_answer
+from jobs.audio import billed_audio_seconds, is_audio
 from jobs.outputs import (
     OutputValidator,
     invalid_output_error,
     is_invalid_output,
     json_validate_failed,
 )
+from jobs.requests import CHAT_ENDPOINT
 from state import Ledger, QuarantineRecord, RequestStatus, ResultRecord, ResultSource, ShardStep
 from state.engine import chunked
 
@@ -242,12 +244,16 @@ def _parse_line(raw: bytes, batch_id: str | None, price: Price | None,
         outcome = _outcome_for_status(status)
         prompt = completion = 0
         error_text = parsed = None
+        endpoint = outputs.endpoint if outputs is not None else CHAT_ENDPOINT
+        audio_s = 0.0
         if outcome is RequestStatus.SUCCEEDED:
-            body, error_text = judge_answer(body)
+            body, error_text = judge_answer(body, endpoint)
             usage = body.get("usage") if isinstance(body, dict) else None
             if isinstance(usage, dict):  # paid for, answer or not
                 prompt = _int(usage.get("prompt_tokens"))
                 completion = _int(usage.get("completion_tokens"))
+            if is_audio(endpoint):  # billed by the audio's length
+                audio_s = billed_audio_seconds(body)
             if error_text is not None:
                 outcome = RequestStatus.RETRYABLE  # ask again; the line is quarantined too
         if error_text is None and outcome is RequestStatus.SUCCEEDED and outputs is not None:
@@ -265,7 +271,8 @@ def _parse_line(raw: bytes, batch_id: str | None, price: Price | None,
             custom_id, outcome, ResultSource.BATCH, status_code=status,
             body=orjson.dumps(body) if body is not None else None, error=error_text,
             parsed=parsed, batch_id=batch_id, prompt_tokens=prompt, completion_tokens=completion,
-            cost_usd=price.cost(prompt, completion, "batch") if price else 0.0,
+            cost_usd=(price.cost(prompt, completion, "batch") + price.audio_cost(audio_s, "batch")
+                      if price else 0.0),
             shard_key=shard_key,
         )
     if isinstance(error, dict):

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from jobs.requests import batch_line
+from jobs.requests import CHAT_ENDPOINT, batch_line
 from state import Ledger, ShardStep
 
 from .client import GroqClient, RemoteBatch, RemoteFile
@@ -171,10 +171,12 @@ async def _advance_shard(ledger: Ledger, client: GroqClient, job: str, shard: Ma
         report.adopted_batches += 1
         log.info("shard %s: adopted batch %s", key, batch.id)
     else:
+        endpoint = await anyio.to_thread.run_sync(ledger.shard_endpoint, key) or CHAT_ENDPOINT
         batch, adopted = await make_once(
             client,
             lambda: client.create_batch(file_id, completion_window=completion_window,
-                                        metadata=batch_metadata(job, key), retry=NO_RETRY),
+                                        metadata=batch_metadata(job, key), endpoint=endpoint,
+                                        retry=NO_RETRY),
             lambda: _adopt_batch(client, job, shard),
         )
         report.created += not adopted
@@ -211,9 +213,10 @@ def shard_file(ledger: Ledger, shard: Mapping[str, Any], shard_dir: Path | None,
     part = rebuilt.with_name(rebuilt.name + ".part")
     digest = hashlib.sha256()
     size = lines = 0
+    endpoint = ledger.shard_endpoint(shard["key"]) or CHAT_ENDPOINT
     with part.open("wb") as out:
         for custom_id, body in ledger.shard_lines(shard["key"]):
-            line = batch_line(custom_id, body)
+            line = batch_line(custom_id, body, endpoint)
             out.write(line)
             digest.update(line)
             size += len(line)

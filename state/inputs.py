@@ -154,6 +154,14 @@ def has_rows(db: Database, job: str) -> bool:
         return connection.execute(query).first() is not None
 
 
+def shard_endpoint(db: Database, key: str) -> str | None:
+    """See :meth:`state.Ledger.shard_endpoint`."""
+    query = select(t.requests.c.endpoint).where(t.requests.c.shard_key == key).limit(1)
+    with db.transaction("shard_endpoint", write=False) as connection:
+        endpoint: str | None = connection.execute(query).scalar()
+    return endpoint
+
+
 def row_ids(db: Database, job: str, row_keys: Iterable[str]) -> dict[str, str | None]:
     """See :meth:`state.Ledger.row_ids`."""
     query = select(t.rows.c.row_key, t.rows.c.custom_id).where(

@@ -508,6 +508,11 @@ class Ledger:
         so any machine can rebuild the file from the ledger."""
         return inputs.iter_shard(self._db, key)
 
+    def shard_endpoint(self, key: str) -> str | None:
+        """The endpoint (batch line ``url``) of a shard's requests — one per shard, as a job has
+        one — or None if the shard has none."""
+        return inputs.shard_endpoint(self._db, key)
+
     def shard_generation(self, job: str, sha256: str) -> int:
         """How many shards of ``job`` with this content the ledger already has (a shard key's
         deterministic tag: a refresh that makes the same file again gets the next one)."""

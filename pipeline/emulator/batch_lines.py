@@ -35,6 +35,8 @@ from typing import IO, Any, Literal
 
 import orjson
 
+from . import audio
+from .batch_params import ENDPOINTS
 from .config import BatchFaults
 from .errors import APIProblem
 from .faults import FaultInjector
@@ -146,11 +148,12 @@ def check_line(raw: bytes, number: int, endpoint: str, seen: set[str],
     if method != "POST":
         return LineProblem("invalid_method", f"Invalid value: '{method}'. Supported values are: 'POST'",
                            "method", number, custom_id)
-    if url != endpoint:
+    if url != endpoint and url not in ENDPOINTS:
+        # Lines may name another endpoint the Batch API takes (Groq's "Mixed Batch" example).
         return LineProblem(
             "invalid_url",
-            f"URL provided for this request does not match the batch endpoint: "
-            f"expected '{endpoint}', got '{url}'.",
+            f"URL provided for this request is not supported: got '{url}'; batch lines may "
+            f"target {', '.join(sorted(ENDPOINTS))}.",
             "url", number, custom_id,
         )
     if not isinstance(body, dict):
@@ -190,7 +193,7 @@ def validate_file(path: Path, endpoint: str, models: ModelRegistry, errors_out: 
 
 
 def response_line(custom_id: str | None, status_code: int, request_id: str,
-                  body: dict[str, Any]) -> dict[str, Any]:
+                  body: Any) -> dict[str, Any]:
     return {
         "id": new_id("batch_req"),
         "custom_id": custom_id,
@@ -263,16 +266,20 @@ def run_line(line: dict[str, Any], responder: Responder, faults: LineFaults,
         body_of_error = server_error_body(line_error_status)
         return response_line(custom_id, line_error_status, request_id, body_of_error), False
     tier = body.get("service_tier")
+    completion: Any
     try:
-        completion = responder.complete(body, service_tier=tier if isinstance(tier, str) else "on_demand",
-                                        at=at)
+        if line.get("url") in audio.AUDIO_URLS:
+            completion = audio.answer_line(line["url"], body, responder.models)
+        else:
+            completion = responder.complete(
+                body, service_tier=tier if isinstance(tier, str) else "on_demand", at=at)
     except APIProblem as problem:
         return response_line(custom_id, problem.status_code, request_id, problem.body()), False
     except Exception:
         # A responder bug must not wedge the batch (every poll would retry the same line).
         log.exception("responder failed on batch line %r", custom_id)
         return response_line(custom_id, 500, request_id, server_error_body(500)), False
-    x_groq = completion.get("x_groq")
+    x_groq = completion.get("x_groq") if isinstance(completion, dict) else None
     if isinstance(x_groq, dict) and isinstance(x_groq.get("id"), str):
         request_id = x_groq["id"]
     return response_line(custom_id, 200, request_id, completion), True

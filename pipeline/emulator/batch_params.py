@@ -15,7 +15,8 @@ import orjson
 
 from .errors import bad_request
 
-ENDPOINTS = frozenset({"/v1/chat/completions"})
+ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/audio/transcriptions", "/v1/audio/translations"})
+"""groq-docs "Batch Processing" → "Prepare Your Batch File": the three endpoints a batch takes."""
 MIN_WINDOW_S = 24 * 3600
 MAX_WINDOW_S = 7 * 24 * 3600
 MAX_IDS = 200
@@ -39,7 +40,8 @@ def parse_create(body: dict[str, Any]) -> CreateParams:
     window = _required_str(body, "completion_window")
     if endpoint not in ENDPOINTS:
         raise bad_request(
-            f"Invalid endpoint {endpoint!r}: batches support only '/v1/chat/completions'.",
+            f"Invalid endpoint {endpoint!r}: batches support '/v1/chat/completions', "
+            "'/v1/audio/transcriptions' and '/v1/audio/translations'.",
             param="endpoint", code="invalid_value",
         )
     return CreateParams(input_file_id, endpoint, window, parse_window(window), _metadata(body))

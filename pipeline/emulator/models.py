@@ -38,6 +38,11 @@ class ModelInfo:
     def is_adapter(self) -> bool:
         return self.base_model is not None
 
+    @property
+    def is_speech_to_text(self) -> bool:
+        """A Whisper model: it serves the audio endpoints, not chat completions."""
+        return "audio" in self.input_modalities
+
     def as_api(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -70,6 +75,10 @@ BASE_MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("moonshotai/kimi-k2-instruct-0905", "Moonshot AI", 1757046093, 262_144, 16_384),
     ModelInfo("meta-llama/llama-guard-4-12b", "Meta", 1746037200, 131_072, 1_024,
               features=("moderation",), input_modalities=("text", "image")),
+    ModelInfo("whisper-large-v3", "OpenAI", 1693721698, 448, 448, features=(),
+              input_modalities=("audio",)),
+    ModelInfo("whisper-large-v3-turbo", "OpenAI", 1728413088, 448, 448, features=(),
+              input_modalities=("audio",)),
 )
 
 GUARD_MODEL = "meta-llama/llama-guard-4-12b"

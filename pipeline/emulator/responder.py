@@ -36,6 +36,7 @@ from .ids import chat_completion_id, new_id
 from .models import GUARD_MODEL, ModelInfo, ModelRegistry
 from .moderation import verdict
 from .schema_fill import SchemaError, fill
+from .tools import ToolSet, parse_tools, tool_call
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 SERVICE_TIERS = frozenset({"auto", "on_demand", "flex", "performance"})
@@ -76,6 +77,8 @@ class ChatRequest:
     ``include_reasoning: false``)."""
     screened_texts: tuple[str, ...] = ()
     """The user and assistant turns' text: what Llama Guard screens."""
+    tools: ToolSet | None = None
+    """``tools`` and ``tool_choice``, if the request has tools (see :mod:`.tools`)."""
 
 
 def _number(body: Mapping[str, Any], name: str) -> float | None:
@@ -229,6 +232,12 @@ def validate(body: Mapping[str, Any], models: ModelRegistry) -> ChatRequest:
     if not isinstance(model_id, str) or not model_id:
         raise bad_request("`model` is required and must be a string", param="model")
     model = models.require(model_id)
+    if model.is_speech_to_text:
+        raise bad_request(
+            f"The model `{model_id}` does not support chat completions; it serves "
+            "/audio/transcriptions and /audio/translations.",
+            param="model", code="model_not_supported",
+        )
     messages, prompt_tokens, last_user = _validate_messages(body.get("messages"), model)
     if body.get("stream"):
         raise bad_request(
@@ -271,6 +280,7 @@ def validate(body: Mapping[str, Any], models: ModelRegistry) -> ChatRequest:
                              for i, m in enumerate(messages)
                              if m.get("role") in ("user", "assistant"))
         if model.id == GUARD_MODEL else (),
+        tools=parse_tools(body),
     )
 
 
@@ -293,6 +303,9 @@ class Responder:
     def answer(self, request: ChatRequest, *, service_tier: str,
                at: float | None = None) -> dict[str, Any]:
         digest = _digest(request)
+        called = request.tools.pick(digest) if request.tools is not None else None
+        if called is not None:
+            return self._called(request, called, digest, service_tier, at)
         content = self._content(request, digest)
         reasoning = _reasoning_text(request, digest) if request.reasoning else None
         if reasoning is not None and request.reasoning == "raw":
@@ -331,6 +344,33 @@ class Responder:
             "service_tier": "on_demand" if service_tier in ("auto", "", None) else service_tier,
         }
 
+    def _called(self, request: ChatRequest, function: tuple[str, Mapping[str, Any]],
+                digest: bytes, service_tier: str, at: float | None) -> dict[str, Any]:
+        """An answer that calls ``function``: content null, ``tool_calls`` with arguments
+        that fit its parameters."""
+        call = tool_call(function, _WORD.findall(request.last_user_text), digest)
+        model = request.model
+        return {
+            "id": chat_completion_id(),
+            "object": "chat.completion",
+            "created": int(self._now() if at is None else at),
+            "model": model.id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                    "logprobs": None,
+                    "finish_reason": "tool_calls",
+                }
+            ],
+            "usage": _usage(request.prompt_tokens, estimate_tokens(orjson.dumps(call).decode()),
+                            digest),
+            "usage_breakdown": None,
+            "system_fingerprint": "fp_" + hashlib.blake2b(model.id.encode(), digest_size=5).hexdigest(),
+            "x_groq": {"id": new_id("req"), "seed": _seed_of(request, digest)},
+            "service_tier": "on_demand" if service_tier in ("auto", "", None) else service_tier,
+        }
+
     def _content(self, request: ChatRequest, digest: bytes) -> str:
         if request.model.id == GUARD_MODEL:
             return verdict(request.screened_texts)
@@ -358,8 +398,11 @@ class Responder:
 
 
 def _digest(request: ChatRequest) -> bytes:
+    parts: list[Any] = [request.model.id, request.messages, request.seed, request.response_format]
+    if request.tools is not None:  # only then: answers to requests without tools stay as they were
+        parts.append([request.tools.functions, request.tools.choice])
     key = orjson.dumps(
-        [request.model.id, request.messages, request.seed, request.response_format],
+        parts,
         option=orjson.OPT_SORT_KEYS,
         default=str,
     )

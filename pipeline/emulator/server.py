@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import admin, batches, chat, files, lora, models
+from . import admin, audio, batches, chat, files, lora, models
 from .clock import VirtualClock
 from .config import ChatEndpoint, EmulatorConfig
 from .errors import INVALID_API_KEY, APIProblem
@@ -240,7 +240,8 @@ async def _health(request: Request) -> Response:
 def create_app(config: EmulatorConfig | None = None, *, emulator: Emulator | None = None) -> Starlette:
     """The ASGI app. Pass ``emulator`` to share state with the caller (tests, in-process jobs)."""
     emulator = emulator or Emulator(config)
-    api = [*files.routes, *batches.routes, *chat.routes, *models.routes, *lora.routes]
+    api = [*files.routes, *batches.routes, *chat.routes, *models.routes, *lora.routes,
+           *audio.routes]
     app = Starlette(
         routes=[
             Route("/healthz", _health, methods=["GET"]),

@@ -557,7 +557,7 @@ async def test_list_and_admin_state_advance_the_batches(client: httpx.AsyncClien
         ({"completion_window": 24}, 400, "completion_window"),
         ({"completion_window": None}, 400, "completion_window"),
         ({"endpoint": "/v1/embeddings"}, 400, "endpoint"),
-        ({"endpoint": "/v1/audio/transcriptions"}, 400, "endpoint"),
+        ({"endpoint": "/v1/audio/speech"}, 400, "endpoint"),
         ({"input_file_id": "file_01doesnotexist000000000000"}, 404, "input_file_id"),
         ({"input_file_id": None}, 400, "input_file_id"),
         ({"metadata": {"k": 1}}, 400, "metadata"),
