@@ -62,7 +62,7 @@ class Price:
     batch_discount: float = 0.5
     flex_factor: float = 1.0
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, tier: str = "batch") -> float:
+    def cost(self, prompt_tokens: float, completion_tokens: float, tier: str = "batch") -> float:
         """USD for these tokens on ``tier`` (``batch``, ``flex``, ``on_demand``)."""
         usd = (prompt_tokens * self.input_per_m + completion_tokens * self.output_per_m) / 1e6
         if tier == "batch":

@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -56,6 +56,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from jobs import JobSpec, Price
 from jobs.answers import judge_answer
+from jobs.budget import Spend, spent
 from jobs.compile import SYNC_MODE_REASON, estimate_completion_tokens, estimate_prompt_tokens
 from jobs.outputs import (
     OutputValidator,
@@ -243,14 +244,15 @@ class Budget:
         return (self.max_requests is not None or self.max_tokens is not None
                 or self.max_dollars is not None)
 
-    def sync(self, totals: Mapping[str, float], *, in_flight_tokens: int = 0,
+    def sync(self, spend: Spend, *, in_flight_tokens: int = 0,
              in_flight_usd: float = 0.0) -> None:
         """Take what the ledger has recorded as spent (every worker's calls: an in-flight call
-        counted its attempt when claimed), plus the estimates of this stage's calls whose
-        tokens are not recorded yet."""
-        self.requests = int(totals["attempts"])
-        self.tokens = int(totals["prompt_tokens"] + totals["completion_tokens"]) + in_flight_tokens
-        self.dollars = float(totals["cost_usd"]) + in_flight_usd
+        counted its attempt when claimed) and committed to batches on their way (their
+        estimate, :mod:`jobs.budget`), plus the estimates of this stage's calls whose tokens
+        are not recorded yet."""
+        self.requests = spend.requests
+        self.tokens = int(spend.tokens) + in_flight_tokens
+        self.dollars = spend.dollars + in_flight_usd
 
     def refuses(self, tokens: int, dollars: float) -> str | None:
         """The name of the cap that one more call of this size would break, if any."""
@@ -285,9 +287,11 @@ RECOVERED = FLEX_PREFIX + "recovered after an interrupted run"
 async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, price: Price | None, *,
                            deadline_passed: bool = False,
                            retry: RetryPolicy | None = None,
-                           worker: Worker | None = None) -> FlexReport:
+                           worker: Worker | None = None,
+                           keep: Callable[[OpenRequest], bool] | None = None) -> FlexReport:
     """Send the job's eligible retryable requests through the synchronous path until none is
-    left (or the budget stops it). Requests not eligible under the job's triggers stay put."""
+    left (or the budget stops it). Requests not eligible under the job's triggers stay put, and
+    so do those ``keep`` names (leftovers to be re-batched, :mod:`pipeline.leftovers`)."""
     fallback = spec.policy.fallback
     report = FlexReport(tier=fallback.service_tier)
     if not fallback.enabled:
@@ -299,11 +303,12 @@ async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, pr
     budget = Budget(spec.policy.budget.max_requests, spec.policy.budget.max_tokens,
                     spec.policy.budget.max_dollars, 0, 0, 0.0)
     if budget.capped:
-        budget.sync(ledger.request_totals(spec.name))
+        budget.sync(spent(ledger, spec.name, estimate_completion_tokens(spec), price))
     # A request of a dropped shard never went through a batch: it spent no attempt there.
     dropped = frozenset(s["key"] for s in ledger.shards(spec.name) if s["step"] == ShardStep.DROPPED)
     stage = _Stage(ledger, client, spec, price, report, budget, triggers, retry or RetryPolicy(),
                    dropped, worker)
+    stage.keep = keep
     await stage.run()
     report.elapsed_s = round(time.monotonic() - started, 3)
     if stage.refused is not None:
@@ -337,6 +342,8 @@ class _Stage:
         """custom_id → calls of this stage that got no answer at all (transport failures)."""
         self.in_flight = 0
         """Calls moved to in_flight whose outcome is not yet recorded in the ledger."""
+        self.keep: Callable[[OpenRequest], bool] | None = None
+        """Retryable requests to leave alone (leftovers the next round re-batches)."""
         self.refused: AuthenticationError | ServerUnavailableError | None = None
         """A 401/403 (the key is wrong or not allowed), or a server that stopped answering. Not
         the request's fault — nothing more is sent, what was claimed goes back to retryable, and
@@ -402,6 +409,8 @@ class _Stage:
         custom_id = request.custom_id
         if not eligible(request.last_error, self.triggers):
             return None
+        if self.keep is not None and self.keep(request):
+            return None
         if is_invalid_output(request.last_error) and request.attempts > self.invalid_retries:
             self._give_up(custom_id, request.attempts, request.last_error)
             return None
@@ -418,8 +427,8 @@ class _Stage:
     def _sync_budget(self) -> None:
         tokens = sum(tokens for tokens, _ in self.pending_estimate.values())
         usd = sum(usd for _, usd in self.pending_estimate.values())
-        self.budget.sync(self.ledger.request_totals(self.spec.name), in_flight_tokens=tokens,
-                         in_flight_usd=usd)
+        self.budget.sync(spent(self.ledger, self.spec.name, self.completion_estimate, self.price),
+                         in_flight_tokens=tokens, in_flight_usd=usd)
 
     async def _dispatch(self, group: list[_Call], send: ObjectSendStream[_Call]) -> int:
         """Claim a group of calls in one transaction, then queue for the workers only those

@@ -27,7 +27,7 @@ import orjson
 from sqlalchemy import Update, bindparam, insert, select, update
 
 from pipeline.errors import LedgerError
-from state import claims, exports, inputs, reports
+from state import claims, exports, inputs, reports, spend
 from state import evaluations as scoring
 from state import results as reconcile
 from state import schema as t
@@ -477,6 +477,26 @@ class Ledger:
     def request_totals(self, job: str) -> dict[str, float]:
         """Tokens, cost (USD) and attempts summed over the job's requests, as paid so far."""
         return reports.request_totals(self._db, job)
+
+    def committed_shards(self, job: str) -> spend.Committed:
+        """Lines and bytes of the job's shards on their way (upload started, not reconciled),
+        which the request totals do not count yet (see :mod:`jobs.budget`)."""
+        return spend.committed_shards(self._db, job)
+
+    def begin_upload_within(
+        self, key: str, job: str, worker: str,
+        fits: Callable[[dict[str, float], spend.Committed], bool],
+    ) -> bool:
+        """Move a shard ``worker`` holds compiled → uploading if ``fits(totals, committed)``
+        says the budget allows it, weighed and moved in one transaction (one such decision per
+        job at a time, whichever worker makes it). False: not moved."""
+        return spend.begin_upload_within(self._db, key, job, worker, fits)
+
+    def cost_by_path(self, job: str) -> dict[str, dict[str, Any]]:
+        """Requests, tokens and cost of the job by the path that (last) sent them: ``batch``,
+        ``rebatched`` (answered by a batch after an earlier one left them), ``flex`` (or the
+        fallback's tier), ``unsent``."""
+        return spend.cost_by_path(self._db, job)
 
     def runs(self, job: str, limit: int = 20) -> list[dict[str, Any]]:
         """The job's latest runs, newest first, as column → value (``summary_json`` as text)."""
