@@ -92,6 +92,8 @@ class ShardSummary:
     sha256: str | None
     lines: int
     bytes: int
+    fits: bool = True
+    """Within ``[policy.budget]`` (``plan``: a shard past it is what a larger budget sends)."""
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.budget import Allowance, BatchBudget, Spend
 from jobs.compile import (
     CompileReport,
     ShardSummary,
@@ -128,6 +129,13 @@ class PlanReport:
     cost_on_demand_usd: float | None = None
     rejections: list[dict[str, Any]] = field(default_factory=list)
     """The first rejected rows: ``row_key``, ``row_index``, ``reason``."""
+    budget_fits: int | None = None
+    """With ``[policy.budget]``: requests a run would send now (the shards marked ``fits``),
+    what the budget leaves after what the ledger has spent or committed."""
+    budget_held: int = 0
+    """Requests past the budget: left pending until a run with a larger budget."""
+    budget_reached: str | None = None
+    """The cap that holds them back."""
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -178,7 +186,9 @@ def plan_job(
             report.changed_rows += report.unchanged_rows
             report.unchanged_rows = 0
             refresh = True
-        _size_shards(spec, scratch, ledger_for_answers, report, refresh=refresh)
+        allowance = _allowance(spec, ledger_for_answers, builder.model, table)
+        _size_shards(spec, scratch, ledger_for_answers, report, refresh=refresh,
+                     allowance=allowance)
         rejections = [
             {"row_key": key, "row_index": index, "reason": reason}
             for key, index, reason in scratch.rejected_rows(spec.name, limit=REJECTIONS_SHOWN)
@@ -186,6 +196,10 @@ def plan_job(
     report.new_requests = report.to_send
     plan = _price(spec, report, table)
     plan.rejections = rejections
+    if allowance is not None:
+        plan.budget_fits = sum(s.lines for s in report.shards if s.fits)
+        plan.budget_held = report.to_send - plan.budget_fits
+        plan.budget_reached = allowance.refused
     if report.duplicate_rows:
         kept = spec.input.on_duplicate_id
         plan.warnings.append(
@@ -200,10 +214,27 @@ def plan_job(
     return plan
 
 
+def _allowance(spec: JobSpec, real: Ledger | None, model: str,
+               prices: dict[str, Price]) -> Allowance | None:
+    """What the budget leaves for new shards, after what the real ledger spent or committed."""
+    budget = BatchBudget.of(spec.policy.budget, estimate_completion_tokens(spec),
+                            price_for(model, prices))
+    if budget is None:
+        return None
+    if real is None:
+        return Allowance(budget.budget, Spend(0, 0.0, 0.0), budget.completion_per_line,
+                         budget.price)
+    return budget.allowance(real, spec.name)
+
+
 def _size_shards(
-    spec: JobSpec, scratch: Ledger, real: Ledger | None, report: CompileReport, *, refresh: bool
+    spec: JobSpec, scratch: Ledger, real: Ledger | None, report: CompileReport, *, refresh: bool,
+    allowance: Allowance | None = None,
 ) -> None:
+    """Size the shards a compile would write; with an ``allowance`` they are cut where the
+    compile would cut them, and those past it are marked as not fitting."""
     sizer = ShardSizer(spec.policy.max_lines_per_shard, spec.policy.max_bytes_per_shard)
+    over = ShardSizer(spec.policy.max_lines_per_shard, spec.policy.max_bytes_per_shard)
     completion = estimate_completion_tokens(spec)
     chunk: list[tuple[str, bytes]] = []
 
@@ -216,7 +247,11 @@ def _size_shards(
             report.to_send += 1
             report.est_prompt_tokens += estimate_prompt_tokens(body)
             report.est_completion_tokens += completion
-            sizer.add(len(batch_line(custom_id, body)))
+            size = len(batch_line(custom_id, body))
+            if allowance is None or (allowance.refused is None and allowance.take(size)):
+                sizer.add(size)
+            else:
+                over.add(size)
         chunk.clear()
 
     for item in scratch.iter_pending(spec.name):
@@ -225,7 +260,10 @@ def _size_shards(
             flush()
     flush()
     sizer.close()
+    over.close()
     report.shards = [ShardSummary(None, None, None, lines, size) for lines, size in sizer.closed]
+    report.shards += [ShardSummary(None, None, None, lines, size, fits=False)
+                      for lines, size in over.closed]
 
 
 def unpriced(model: str) -> str:

@@ -42,9 +42,16 @@ def print_plan(plan: PlanReport) -> None:
     table.add_row("unique requests", f"{report.unique_requests:,}")
     table.add_row("already answered (cached)", f"{report.already_answered:,}")
     table.add_row("to send", f"{report.to_send:,}")
-    sizes = ", ".join(f"{s.lines:,} lines / {human_bytes(s.bytes)}" for s in report.shards[:5])
+    sizes = ", ".join(f"{s.lines:,} lines / {human_bytes(s.bytes)}"
+                      + ("" if s.fits else " (over budget)") for s in report.shards[:5])
     more = f" (+{len(report.shards) - 5} more)" if len(report.shards) > 5 else ""
     table.add_row("shards", f"{len(report.shards)}" + (f": {sizes}{more}" if sizes else ""))
+    if plan.budget_fits is not None:
+        fit = [s for s in report.shards if s.fits]
+        table.add_row("within [policy.budget]",
+                      f"{len(fit)} of {len(report.shards)} shards, {plan.budget_fits:,} requests")
+        if plan.budget_held:
+            table.add_row(f"held back by {plan.budget_reached}", f"{plan.budget_held:,} requests")
     table.add_row("estimated prompt tokens", f"{report.est_prompt_tokens:,}")
     table.add_row("estimated completion tokens", f"{report.est_completion_tokens:,}")
     if plan.cost_batch_usd is not None:
@@ -140,6 +147,7 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
                       f"{flex['failed']:,} failed, {flex['requeued']:,} retried; errors seen: {seen}; "
                       f"{flex['pace_rps']:.1f} req/s; "
                       + (f"cost ${flex['cost_usd']:.6f}" if summary.cost_known else "cost unknown"))
+    _print_paths(console, summary)
     console.print(f"  tokens: {int(t['prompt_tokens']):,} prompt + {int(t['completion_tokens']):,} completion; "
                   + (f"cost ${t['cost_usd']:.6f}" if summary.cost_known
                      else f"cost unknown (no price for {summary.model})"))
@@ -155,6 +163,25 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
     for note in summary.notes:
         console.print(f"  note: {note}")
     console.print(("finished" if summary.finished else "not finished") + f" in {summary.elapsed_s:.1f}s")
+
+
+_PATH_NAMES = {"batch": "batch", "rebatched": "re-batched leftovers", "flex": "flex",
+               "on_demand": "on demand", "auto": "auto tier"}
+
+
+def _print_paths(console: Console, summary: RunSummary) -> None:
+    """What each path cost, and what re-batching leftovers saved against flex."""
+    paths = {name: p for name, p in summary.paths.items() if name in _PATH_NAMES and p["requests"]}
+    if not summary.cost_known or not paths or set(paths) == {"batch"}:
+        return
+    shown = "; ".join(f"{_PATH_NAMES[name]} ${p['cost_usd']:.6f} ({p['succeeded']:,} answered)"
+                      for name, p in sorted(paths.items(), key=lambda item: list(_PATH_NAMES).index(item[0])))
+    console.print(f"  cost by path: {shown}")
+    rebatched = paths.get("rebatched")
+    if rebatched and "saved_usd" in rebatched:
+        console.print(f"  re-batching {rebatched['requests']:,} leftovers cost ${rebatched['cost_usd']:.6f} "
+                      f"instead of ${rebatched['flex_equivalent_usd']:.6f} on flex: "
+                      f"saved ${rebatched['saved_usd']:.6f}")
 
 
 def print_status(status: dict[str, Any]) -> None:
