@@ -8,7 +8,9 @@ time for one, else to the flex fallback (the on-demand price).
   room for another completion window;
 - ``auto`` (default): re-batched when there is room and at least ``leftovers_flex_below`` are
   left (or the fallback is off, so flex is no option); fewer go to flex, which answers in
-  seconds instead of a window.
+  seconds instead of a window. Batches settle one by one, so while others of the job are
+  still running, fewer than the threshold ``wait`` for them: the count is decided on all the
+  leftovers together, not on the first batch's few.
 
 A leftover is a retryable request that its batch left — expired, cancelled, missing from the
 output, or answered with a retryable error line — under one of ``[policy.fallback].triggers``,
@@ -67,21 +69,25 @@ def is_leftover(spec: JobSpec, request: OpenRequest) -> bool:
             and request.attempts < fallback.leftovers_max_batches)
 
 
-def route_leftovers(spec: JobSpec, count: int, *, room: bool) -> str:
-    """``batch`` or ``flex``: where ``count`` leftovers go, with (or without) ``room`` for
-    another window before the deadline."""
+def route_leftovers(spec: JobSpec, count: int, *, room: bool, batches_running: int = 0) -> str:
+    """``batch``, ``flex`` or ``wait``: where ``count`` leftovers go, with (or without) ``room``
+    for another window before the deadline, while ``batches_running`` of the job's batches
+    have not settled yet."""
     fallback = spec.policy.fallback
     if fallback.leftovers == "flex" or not room or count == 0:
         return "flex"
     if fallback.leftovers == "batch" or not fallback.enabled:
         return "batch"
-    return "batch" if count >= fallback.leftovers_flex_below else "flex"
+    if count >= fallback.leftovers_flex_below:
+        return "batch"
+    return "wait" if batches_running else "flex"
 
 
 @dataclass(slots=True)
 class LeftoverReport:
     route: str = "flex"
-    """Where this round's leftovers went: ``batch`` or ``flex``."""
+    """Where this round's leftovers went: ``batch``, ``flex``, or ``wait`` (for the job's
+    batches still running)."""
     rebatched: int = 0
     """Leftovers moved back to pending, to be compiled into new batches."""
     to_flex: int = 0
@@ -94,13 +100,13 @@ class LeftoverReport:
     def keep_for_batch(self, spec: JobSpec) -> Callable[[OpenRequest], bool] | None:
         """For the fallback that runs next: with leftovers going to batch this round, those
         another worker's reconcile makes meanwhile are left for the next round to re-batch."""
-        if self.route != "batch":
+        if self.route == "flex":
             return None
         return lambda request: is_leftover(spec, request)
 
 
 def rebatch_leftovers(ledger: Ledger, spec: JobSpec, deadline: dt.datetime | None,
-                      worker: Worker | None = None) -> LeftoverReport:
+                      worker: Worker | None = None, *, batches_running: int = 0) -> LeftoverReport:
     """Move the job's leftovers back to pending when :func:`route_leftovers` says ``batch``.
     The caller then shards them (the compile's shard pass, under its lock)."""
     report = LeftoverReport()
@@ -108,9 +114,11 @@ def rebatch_leftovers(ledger: Ledger, spec: JobSpec, deadline: dt.datetime | Non
         return report
     leftovers = [r.custom_id for r in ledger.iter_requests(spec.name, RequestStatus.RETRYABLE)
                  if is_leftover(spec, r)]
-    report.route = route_leftovers(spec, len(leftovers), room=window_fits(spec, deadline))
-    if report.route != "batch":
+    report.route = route_leftovers(spec, len(leftovers), room=window_fits(spec, deadline),
+                                   batches_running=batches_running)
+    if report.route == "flex":
         report.to_flex = len(leftovers)
+    if report.route != "batch":
         return report
     # One transaction, guarded: a request another worker's fallback claimed meanwhile is not
     # retryable any more and stays with that call.

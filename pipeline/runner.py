@@ -309,8 +309,14 @@ class _Run:
                 reconciled.add(round_reconciled)
                 round_left = LeftoverReport()
                 if not late:
-                    round_left = await anyio.to_thread.run_sync(
-                        rebatch_leftovers, ledger, spec, deadline_at, worker)
+                    # Shards on their way, or requests waiting to be sharded (leftovers moved
+                    # by a run that died before sharding them): the batch path is still busy.
+                    on_way = count_steps(ledger, spec.name)
+                    running = sum(on_way[step] for step in IN_FLIGHT_STEPS) + \
+                        ledger.request_counts(spec.name)[RequestStatus.PENDING.value]
+                    round_left = await anyio.to_thread.run_sync(partial(
+                        rebatch_leftovers, ledger, spec, deadline_at, worker,
+                        batches_running=running))
                     leftovers.add(round_left)
                     if round_left.rebatched and self.compile_waiting is None:
                         await self._compile(only_shards=True)  # submitted next round
