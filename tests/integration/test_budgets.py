@@ -11,16 +11,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import orjson
 import pytest
 
-from jobs import load_job
+from jobs import compile_job, load_job
 from pipeline.emulator import Emulator, EmulatorConfig
 from pipeline.emulator.config import DEFAULT_API_KEY
 from pipeline.emulator.serve import ThreadedServer
 from pipeline.planning import plan_config
-from pipeline.runner import run_job
+from pipeline.runner import RunSummary, run_job
+from pipeline.workers import Worker
+from state import Ledger
 from tests.integration.flexjobs import PRICE, assert_settled_once, tiers, write_flex_job
 from tests.integration.lifecycle import read_ledger
 
@@ -163,6 +166,33 @@ async def test_a_shard_compiled_earlier_waits_when_it_no_longer_fits(tmp_path: P
     assert set(sent.values()) == {1}
     assert summary.budget_held == 15
     assert summary.requests["succeeded"] == 45
+
+
+async def test_workers_sharing_a_ledger_share_one_budget(tmp_path: Path) -> None:
+    """Twenty shards compiled with no budget, then two workers under max_requests = 50: each
+    shard is weighed and started in one transaction, so together they start five, not more."""
+    with budget_server(throughput=20) as server:
+        spec = load_job(write_flex_job(tmp_path, rows=200, shard_lines=10, base_url=server.url))
+        with Ledger.open(spec.ledger_target) as ledger:
+            assert len(compile_job(spec, ledger).shards) == 20
+        capped = load_job(write_flex_job(tmp_path, rows=200, shard_lines=10, base_url=server.url,
+                                         budget={"max_requests": 50}))
+        summaries: list[RunSummary] = []
+
+        async def work(name: str) -> None:
+            summaries.append(await run_job(capped, worker=Worker.make(name)))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(work, "w1")
+            group.start_soon(work, "w2")
+        sent = batch_lines_sent(server.url)
+
+    assert len(sent) == 50
+    assert set(sent.values()) == {1}
+    assert {s.budget_held for s in summaries} == {150}
+    with Ledger.open(capped.ledger_target) as ledger:
+        assert ledger.request_counts(capped.name)["succeeded"] == 50
+        assert ledger.request_totals(capped.name)["attempts"] == 50
 
 
 # -- leftovers by price ---------------------------------------------------------------------
