@@ -64,7 +64,7 @@ def spent(ledger: Ledger, job: str, completion_per_line: int, price: Price | Non
     """Read the job's :class:`Spend` from the ledger (every worker's, so workers share it).
     ``compiled``: count shards compiled but not yet started as committed too (what a compile
     cutting new shards must leave room for)."""
-    return _spend(ledger.request_totals(job), ledger.committed_shards(job), completion_per_line,
+    return _spend(ledger.spend_totals(job), ledger.committed_shards(job), completion_per_line,
                   price, compiled=compiled)
 
 

@@ -46,7 +46,6 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import anyio
@@ -65,6 +64,7 @@ from jobs.outputs import (
     json_validate_failed,
 )
 from state import Ledger, OpenRequest, RequestStatus, ResultRecord, ResultSource, ShardStep
+from state.spend import ExtraSpend
 
 from .client import ChatReply, GroqClient, RateLimitState
 from .deadline import DROPPED_REASON
@@ -566,11 +566,21 @@ class _Stage:
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 records = [self._settle(outcome) for outcome in outcomes]
-                await anyio.to_thread.run_sync(
-                    partial(self.ledger.record_results, records, worker=self.worker.id))
+                await anyio.to_thread.run_sync(self._store, records)
                 for outcome in outcomes:
                     self.pending_estimate.pop(outcome.call.custom_id, None)
                 self.in_flight -= len(outcomes)
+
+    def _store(self, records: list[ResultRecord]) -> None:
+        """Write outcomes (one transaction); an answer no request took — its call was given
+        up after this worker's claim ran out, and another answered — was paid all the same:
+        it is recorded as spent twice, for the budget."""
+        _, taken = self.ledger.record_result_chunk(records, worker=self.worker.id)
+        self.ledger.record_extra_spend(
+            ExtraSpend(self.spec.name, r.custom_id, ResultSource.FLEX.value, None,
+                       r.prompt_tokens, r.completion_tokens, r.cost_usd)
+            for r in records
+            if r.custom_id not in taken and (r.prompt_tokens or r.completion_tokens))
 
     def _settle(self, outcome: _Outcome) -> ResultRecord:
         self.report.sent += 1

@@ -328,7 +328,7 @@ class Ledger:
         return reconcile.record_results(self._db, results, worker=worker, run_id=self.run_id)
 
     def record_result_chunk(
-        self, results: Iterable[ResultRecord]
+        self, results: Iterable[ResultRecord], *, worker: str | None = None
     ) -> tuple[dict[str, RequestStatus], frozenset[str]]:
         """:meth:`record_results` for one chunk, in one transaction, saying what it found:
         the status each known custom_id had before (ids the ledger never sent are left out),
@@ -338,7 +338,7 @@ class Ledger:
         ``shard_key`` is set — is still in that line's shard. Reconcile uses the map to
         quarantine unknown ids and count duplicates, so the ids are looked up once per chunk.
         """
-        return reconcile.record_result_chunk(self._db, results, run_id=self.run_id)
+        return reconcile.record_result_chunk(self._db, results, worker=worker, run_id=self.run_id)
 
     def results_for(self, custom_ids: Iterable[str]) -> Iterator[StoredResult]:
         """The stored results of those of ``custom_ids`` that have one, chunk by chunk."""
@@ -482,6 +482,20 @@ class Ledger:
         """Lines and bytes of the job's shards on their way (upload started, not reconciled),
         which the request totals do not count yet (see :mod:`jobs.budget`)."""
         return spend.committed_shards(self._db, job)
+
+    def spend_totals(self, job: str) -> dict[str, float]:
+        """:meth:`request_totals` plus the answers paid for that no request took (a duplicate
+        batch line, a late fallback answer): what the budget counts, every call made."""
+        return spend.spend_totals(self._db, job)
+
+    def record_extra_spend(self, items: Iterable[spend.ExtraSpend]) -> int:
+        """Record answers paid for that no request took; one with an ``origin`` already
+        recorded (a file read again) adds nothing. Returns how many were new."""
+        return spend.record_extra_spend(self._db, items)
+
+    def extra_spend(self, job: str) -> dict[str, float]:
+        """Calls, tokens and cost of the job's answers that arrived twice."""
+        return spend.extra_spend(self._db, job)
 
     def begin_upload_within(
         self, key: str, job: str, worker: str,

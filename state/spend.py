@@ -10,7 +10,7 @@ a ledger can never both start a shard that only one of them could afford.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +20,8 @@ from state import schema as t
 from state.engine import Database
 from state.status import RequestStatus, ShardStep, Tier
 
-__all__ = ["Committed", "begin_upload_within", "committed_shards", "cost_by_path",
-           "request_totals_in"]
+__all__ = ["Committed", "ExtraSpend", "begin_upload_within", "committed_shards", "cost_by_path",
+           "extra_spend", "record_extra_spend", "spend_totals", "spend_totals_in"]
 
 _UNSENT = (ShardStep.UPLOADING.value, ShardStep.UPLOADED.value, ShardStep.SUBMITTING.value)
 _RESERVED = (*_UNSENT, ShardStep.SUBMITTED.value, ShardStep.SETTLED.value)
@@ -67,8 +67,68 @@ def committed_shards(db: Database, job: str) -> Committed:
         return _committed(connection, job)
 
 
-def request_totals_in(connection: Connection, job: str) -> dict[str, float]:
-    """The job's recorded tokens, cost and attempts (see :meth:`state.Ledger.request_totals`)."""
+@dataclass(frozen=True, slots=True)
+class ExtraSpend:
+    """An answer paid for that no request took (see :data:`state.schema.extra_spend`)."""
+
+    job: str
+    custom_id: str
+    source: str
+    origin: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+
+
+def record_extra_spend(db: Database, items: Iterable[ExtraSpend]) -> int:
+    """See :meth:`state.Ledger.record_extra_spend`."""
+    rows = [{"job": i.job, "custom_id": i.custom_id, "source": i.source, "origin": i.origin,
+             "prompt_tokens": i.prompt_tokens, "completion_tokens": i.completion_tokens,
+             "cost_usd": i.cost_usd, "received_at": time.time()} for i in items]
+    if not rows:
+        return 0
+    statement = db.insert_ignore(t.extra_spend, ["origin"])
+    with db.transaction("record_extra_spend") as connection:
+        return db.insert_new(connection, statement, rows)
+
+
+def _extra_in(connection: Connection, job: str) -> dict[str, float]:
+    columns = t.extra_spend.c
+    query = select(
+        func.count(),
+        func.coalesce(func.sum(columns.prompt_tokens), 0),
+        func.coalesce(func.sum(columns.completion_tokens), 0),
+        func.coalesce(func.sum(columns.cost_usd), 0.0),
+    ).where(columns.job == job)
+    calls, prompt, completion, cost = connection.execute(query).one()
+    return {"calls": int(calls), "prompt_tokens": int(prompt),
+            "completion_tokens": int(completion), "cost_usd": float(cost)}
+
+
+def extra_spend(db: Database, job: str) -> dict[str, float]:
+    """See :meth:`state.Ledger.extra_spend`."""
+    with db.transaction("extra_spend", write=False) as connection:
+        return _extra_in(connection, job)
+
+
+def spend_totals_in(connection: Connection, job: str) -> dict[str, float]:
+    """The job's recorded tokens, cost and attempts (see :meth:`state.Ledger.request_totals`),
+    plus the answers paid for twice (each one call)."""
+    totals = _request_totals_in(connection, job)
+    extra = _extra_in(connection, job)
+    return {"prompt_tokens": totals["prompt_tokens"] + extra["prompt_tokens"],
+            "completion_tokens": totals["completion_tokens"] + extra["completion_tokens"],
+            "cost_usd": totals["cost_usd"] + extra["cost_usd"],
+            "attempts": totals["attempts"] + extra["calls"]}
+
+
+def spend_totals(db: Database, job: str) -> dict[str, float]:
+    """See :meth:`state.Ledger.spend_totals`."""
+    with db.transaction("spend_totals", write=False) as connection:
+        return spend_totals_in(connection, job)
+
+
+def _request_totals_in(connection: Connection, job: str) -> dict[str, float]:
     columns = t.requests.c
     query = select(
         func.coalesce(func.sum(columns.prompt_tokens), 0),
@@ -89,7 +149,7 @@ def begin_upload_within(
     with db.transaction("begin_upload_within") as connection:
         if db.dialect == "postgresql":  # one budget decision of this job at a time
             connection.execute(select(t.jobs.c.name).where(t.jobs.c.name == job).with_for_update())
-        if not fits(request_totals_in(connection, job), _committed(connection, job)):
+        if not fits(spend_totals_in(connection, job), _committed(connection, job)):
             return False
         statement = (
             update(t.shards)

@@ -17,10 +17,11 @@ import orjson
 import pytest
 
 from jobs import compile_job, load_job
-from pipeline.emulator import Emulator, EmulatorConfig
-from pipeline.emulator.config import DEFAULT_API_KEY
+from pipeline.emulator import Emulator, EmulatorConfig, Scenario
+from pipeline.emulator.config import DEFAULT_API_KEY, BatchFaults
 from pipeline.emulator.serve import ThreadedServer
 from pipeline.planning import plan_config
+from pipeline.reconcile import apply_file
 from pipeline.runner import RunSummary, run_job
 from pipeline.workers import Worker
 from state import Ledger
@@ -64,6 +65,13 @@ def batch_lines_sent(url: str) -> Counter[str]:
             content = http.get(f"/openai/v1/files/{batch['input_file_id']}/content")
             sent.update(orjson.loads(line)["custom_id"] for line in content.content.splitlines())
     return sent
+
+
+def file_content(url: str, file_id: str) -> bytes:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"}) as http:
+        answer = http.get(f"/openai/v1/files/{file_id}/content")
+        answer.raise_for_status()
+        return answer.content
 
 
 def chat_calls(url: str) -> list[dict[str, Any]]:
@@ -193,6 +201,36 @@ async def test_workers_sharing_a_ledger_share_one_budget(tmp_path: Path) -> None
     with Ledger.open(capped.ledger_target) as ledger:
         assert ledger.request_counts(capped.name)["succeeded"] == 50
         assert ledger.request_totals(capped.name)["attempts"] == 50
+
+
+async def test_answers_that_arrived_twice_count_against_the_budget(tmp_path: Path) -> None:
+    scenario = Scenario(seed=3, batch=BatchFaults(duplicate_line_rate=0.3))
+    config = EmulatorConfig(time_scale=3600, throughput_lines_per_s=50, validation_s=1,
+                            finalizing_s=1, scenario=scenario)
+    with ThreadedServer(emulator=Emulator(config)) as server:
+        spec = load_job(write_flex_job(tmp_path, rows=20, shard_lines=10, base_url=server.url))
+        summary = await run_job(spec)
+        assert summary.finished
+        with Ledger.open(spec.ledger_target) as ledger:
+            shards = ledger.shards(spec.name)
+        outputs = {s["key"]: file_content(server.url, s["output_file_id"]) for s in shards}
+    lines = Counter(orjson.loads(line)["custom_id"] for text in outputs.values()
+                    for line in text.splitlines())
+    twice = sum(n - 1 for n in lines.values())
+    assert twice > 0
+    with Ledger.open(spec.ledger_target) as ledger:
+        extra = ledger.extra_spend(spec.name)
+        assert extra["calls"] == twice
+        assert extra["cost_usd"] > 0
+        assert ledger.spend_totals(spec.name)["attempts"] == 20 + twice
+        # The requests' own figures count each answer once.
+        assert ledger.request_totals(spec.name)["attempts"] == 20
+        # Reading the files again (a reconcile taken over after a crash) adds nothing.
+        for shard in shards:
+            path = tmp_path / f"{shard['key']}.jsonl"
+            path.write_bytes(outputs[shard["key"]])
+            apply_file(ledger, path, shard, shard["output_file_id"], PRICE)
+        assert ledger.extra_spend(spec.name) == extra
 
 
 # -- leftovers by price ---------------------------------------------------------------------
