@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from jobs import PlanReport
@@ -48,7 +49,7 @@ def print_plan(plan: PlanReport) -> None:
     table.add_row("shards", f"{len(report.shards)}" + (f": {sizes}{more}" if sizes else ""))
     if plan.budget_fits is not None:
         fit = [s for s in report.shards if s.fits]
-        table.add_row("within [policy.budget]",
+        table.add_row(escape("within [policy.budget]"),
                       f"{len(fit)} of {len(report.shards)} shards, {plan.budget_fits:,} requests")
         if plan.budget_held:
             table.add_row(f"held back by {plan.budget_reached}", f"{plan.budget_held:,} requests")
@@ -61,7 +62,7 @@ def print_plan(plan: PlanReport) -> None:
     for rejection in plan.rejections:
         console.print(f"rejected row {rejection['row_key']} (#{rejection['row_index']}): {rejection['reason']}")
     for warning in plan.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
 
 
 class ProgressDisplay:
@@ -135,7 +136,8 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
                   f"{c['unique_requests']:,} unique requests ({c['already_answered']:,} answered before)")
     console.print(f"  requests: {r.get('succeeded', 0):,} succeeded, {r.get('failed', 0):,} failed, "
                   f"{r.get('retryable', 0):,} left by their batches, "
-                  f"{sum(v for k, v in r.items() if k not in ('succeeded', 'failed', 'retryable')):,} in flight")
+                  f"{sum(v for k, v in r.items() if k not in ('succeeded', 'failed', 'retryable')) - summary.budget_held:,} in flight"
+                  + (f", {summary.budget_held:,} held back by the budget" if summary.budget_held else ""))
     shards = ", ".join(f"{n} {step}" for step, n in summary.shards.items() if n) or "none"
     console.print(f"  shards: {shards}; {summary.poll_calls} poll calls in {summary.rounds} rounds")
     if summary.reconciled.get("quarantined"):
@@ -161,12 +163,12 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
             means = ", ".join(f"{name} {_mean(m['mean'])}" for name, m in evaluation["metrics"].items())
             console.print(f"  evaluation: {evaluation['answered']:,}/{evaluation['rows']:,} answered; {means}")
     for note in summary.notes:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {escape(note)}")  # notes name tables: [policy.budget]
     console.print(("finished" if summary.finished else "not finished") + f" in {summary.elapsed_s:.1f}s")
 
 
 _PATH_NAMES = {"batch": "batch", "rebatched": "re-batched leftovers", "flex": "flex",
-               "on_demand": "on demand", "auto": "auto tier"}
+               "on_demand": "on demand", "auto": "auto tier", "answered_twice": "answered twice"}
 
 
 def _print_paths(console: Console, summary: RunSummary) -> None:
@@ -174,7 +176,9 @@ def _print_paths(console: Console, summary: RunSummary) -> None:
     paths = {name: p for name, p in summary.paths.items() if name in _PATH_NAMES and p["requests"]}
     if not summary.cost_known or not paths or set(paths) == {"batch"}:
         return
-    shown = "; ".join(f"{_PATH_NAMES[name]} ${p['cost_usd']:.6f} ({p['succeeded']:,} answered)"
+    shown = "; ".join(f"{_PATH_NAMES[name]} ${p['cost_usd']:.6f} "
+                      + (f"({p['requests']:,} answers)" if name == "answered_twice"
+                         else f"({p['succeeded']:,} answered)")
                       for name, p in sorted(paths.items(), key=lambda item: list(_PATH_NAMES).index(item[0])))
     console.print(f"  cost by path: {shown}")
     rebatched = paths.get("rebatched")

@@ -119,7 +119,8 @@ class RunSummary:
     paths: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The job's requests, tokens and cost by the path that answered them: ``batch``,
     ``rebatched`` (with ``flex_equivalent_usd`` and ``saved_usd``: what the same tokens would
-    have cost on flex, and the difference), ``flex``, …"""
+    have cost on flex, and the difference), ``flex``, …, and ``answered_twice`` (answers paid
+    for that no request took; counted by the budget)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -314,6 +315,10 @@ class _Run:
                     on_way = count_steps(ledger, spec.name)
                     running = sum(on_way[step] for step in IN_FLIGHT_STEPS) + \
                         ledger.request_counts(spec.name)[RequestStatus.PENDING.value]
+                    if held_shards or self.compiled.budget_reached:
+                        # What the budget holds back is not running: leftovers do not wait for it.
+                        running = sum(on_way[step] for step in IN_FLIGHT_STEPS) - \
+                            on_way[ShardStep.COMPILED.value]
                     round_left = await anyio.to_thread.run_sync(partial(
                         rebatch_leftovers, ledger, spec, deadline_at, worker,
                         batches_running=running))
@@ -441,6 +446,11 @@ def cost_by_path(ledger: Ledger, job: str, price: Price | None) -> dict[str, dic
     """:meth:`state.Ledger.cost_by_path`, with what the re-batched requests would have cost on
     flex and what re-batching them saved."""
     paths = ledger.cost_by_path(job)
+    twice = ledger.extra_spend(job)
+    if twice["calls"]:  # paid for, taken by no request (a duplicate line, a late flex answer)
+        paths["answered_twice"] = {"requests": int(twice["calls"]), "succeeded": 0,
+                                   **{k: twice[k] for k in ("prompt_tokens", "completion_tokens",
+                                                            "cost_usd")}}
     rebatched = paths.get("rebatched")
     if rebatched is not None and price is not None:
         flex = price.cost(rebatched["prompt_tokens"], rebatched["completion_tokens"], "flex")
