@@ -69,10 +69,11 @@ def is_leftover(spec: JobSpec, request: OpenRequest) -> bool:
             and request.attempts < fallback.leftovers_max_batches)
 
 
-def route_leftovers(spec: JobSpec, count: int, *, room: bool, batches_running: int = 0) -> str:
+def route_leftovers(spec: JobSpec, count: int, *, room: bool,
+                    batches_running: Callable[[], int] = lambda: 0) -> str:
     """``batch``, ``flex`` or ``wait``: where ``count`` leftovers go, with (or without) ``room``
     for another window before the deadline, while ``batches_running`` of the job's batches
-    have not settled yet."""
+    have not settled yet (asked only when it matters)."""
     fallback = spec.policy.fallback
     if fallback.leftovers == "flex" or not room or count == 0:
         return "flex"
@@ -80,7 +81,7 @@ def route_leftovers(spec: JobSpec, count: int, *, room: bool, batches_running: i
         return "batch"
     if count >= fallback.leftovers_flex_below:
         return "batch"
-    return "wait" if batches_running else "flex"
+    return "wait" if batches_running() else "flex"
 
 
 @dataclass(slots=True)
@@ -106,7 +107,8 @@ class LeftoverReport:
 
 
 def rebatch_leftovers(ledger: Ledger, spec: JobSpec, deadline: dt.datetime | None,
-                      worker: Worker | None = None, *, batches_running: int = 0) -> LeftoverReport:
+                      worker: Worker | None = None, *,
+                      batches_running: Callable[[], int] = lambda: 0) -> LeftoverReport:
     """Move the job's leftovers back to pending when :func:`route_leftovers` says ``batch``.
     The caller then shards them (the compile's shard pass, under its lock)."""
     report = LeftoverReport()

@@ -310,18 +310,9 @@ class _Run:
                 reconciled.add(round_reconciled)
                 round_left = LeftoverReport()
                 if not late:
-                    # Shards on their way, or requests waiting to be sharded (leftovers moved
-                    # by a run that died before sharding them): the batch path is still busy.
-                    on_way = count_steps(ledger, spec.name)
-                    running = sum(on_way[step] for step in IN_FLIGHT_STEPS) + \
-                        ledger.request_counts(spec.name)[RequestStatus.PENDING.value]
-                    if held_shards or self.compiled.budget_reached:
-                        # What the budget holds back is not running: leftovers do not wait for it.
-                        running = sum(on_way[step] for step in IN_FLIGHT_STEPS) - \
-                            on_way[ShardStep.COMPILED.value]
                     round_left = await anyio.to_thread.run_sync(partial(
                         rebatch_leftovers, ledger, spec, deadline_at, worker,
-                        batches_running=running))
+                        batches_running=partial(self._batches_running, held_shards)))
                     leftovers.add(round_left)
                     if round_left.rebatched and self.compile_waiting is None:
                         await self._compile(only_shards=True)  # submitted next round
@@ -396,6 +387,16 @@ class _Run:
                 config_path=self.config_path))
             summary.evaluation = evaluation.as_dict()
         return summary
+
+    def _batches_running(self, held_shards: int) -> int:
+        """Shards on their way, and requests waiting to be sharded (leftovers moved by a run
+        that died before sharding them): the batch path is still busy. What the budget holds
+        back is not running, so leftovers do not wait for it."""
+        steps = count_steps(self.ledger, self.spec.name)
+        running = sum(steps[step] for step in IN_FLIGHT_STEPS)
+        if held_shards or self.compiled.budget_reached:
+            return running - steps[ShardStep.COMPILED.value]
+        return running + self.ledger.request_counts(self.spec.name)[RequestStatus.PENDING.value]
 
     def _notes(self, summary: RunSummary, swept: int, flexed: FlexReport, in_flight: int,
                open_requests: int) -> None:

@@ -3,7 +3,8 @@ sent twice, the leftovers still finished at the batch price.
 
 A 40-request job in four 10-line shards against a ``groqbatch serve`` whose batches run 8.5
 lines in their 24 h window (two emulated days pass per real second): each shard's batch expires
-with 8 lines done, and the 8 leftovers are re-batched into a fifth shard, which finishes. The
+with 8 lines done, and the 8 leftovers are re-batched into a fifth shard (or a few, when the four
+do not settle in one poll), which finishes. The
 run is killed at a named point of that re-batch — leftovers moved back to pending, its file
 uploaded, its batch created, it recorded — run again to completion, and audited against the
 server: one batch per shard, each request answered by exactly one output line in all the
@@ -52,7 +53,7 @@ def write_job(folder: Path, name: str, base_url: str) -> Path:
         '[prompt]\nuser = "{{ text }}"\nmax_completion_tokens = 16\n'
         f'[policy]\ncompletion_window = "24h"\nmax_lines_per_shard = {SHARD_LINES}\n'
         "poll_interval_min_s = 0.02\npoll_interval_max_s = 0.2\n"
-        '[policy.fallback]\nleftovers = "auto"\nleftovers_flex_below = 5\n'
+        '[policy.fallback]\nleftovers = "auto"\nleftovers_flex_below = 2\n'
     )
     return config
 
@@ -98,12 +99,15 @@ def test_a_kill_while_rebatching_loses_and_duplicates_nothing(
     assert len(attempts) == ROWS
     assert Counter(r.custom_id for r in results) == Counter(attempts.keys())  # one result each
     assert {str(r.source) for r in results} == {"batch"}
-    # One batch per shard, the one recorded: four that expired and the re-batch.
+    # One batch per shard, the one recorded: four that expired and the re-batch (or a few, when
+    # the four did not settle in one poll).
     by_shard = Counter(b["metadata"]["groqbatch_shard"] for b in batches)
     assert by_shard == Counter(s["key"] for s in shards)
     assert set(by_shard.values()) == {1}
     assert {b["id"] for b in batches} == {s["batch_id"] for s in shards}
-    assert sorted(b["status"] for b in batches) == ["completed"] + ["expired"] * 4
+    statuses = Counter(b["status"] for b in batches)
+    assert statuses["expired"] == 4
+    assert 1 <= statuses["completed"] == len(batches) - 4
     assert sent == Counter(attempts)  # each request sent in as many batches as it was attempted
     assert sorted(Counter(sent.values()).items()) == [(1, 32), (2, 8)]
     assert answered == Counter(dict.fromkeys(attempts, 1))  # and answered exactly once

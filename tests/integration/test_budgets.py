@@ -237,9 +237,10 @@ async def test_answers_that_arrived_twice_count_against_the_budget(tmp_path: Pat
 
 
 async def test_expired_leftovers_are_rebatched_at_the_batch_price(tmp_path: Path) -> None:
+    # Each expired batch leaves 2: at the threshold, whether the four settle in one poll or not.
     with expiring_server() as server:
         spec = load_job(write_flex_job(tmp_path, rows=40, shard_lines=10, base_url=server.url,
-                                       fallback={"leftovers_flex_below": 5}))
+                                       fallback={"leftovers_flex_below": 2}))
         summary = await run_job(spec)
         sent = batch_lines_sent(server.url)
         flexed = chat_calls(server.url)
@@ -251,7 +252,8 @@ async def test_expired_leftovers_are_rebatched_at_the_batch_price(tmp_path: Path
     assert set(assert_settled_once(view, 40).values()) == {"batch"}
     expired = [s for s in view.shards if s["batch_status"] == "expired"]
     assert len(expired) == 4
-    assert len(view.shards) == 5
+    assert 5 <= len(view.shards) <= 8  # the leftovers in one new batch, or a few
+    assert {s["batch_status"] for s in view.shards if s not in expired} == {"completed"}
     rebatched = {cid for cid, n in sent.items() if n == 2}
     assert len(rebatched) == 8
     assert set(sent.values()) == {1, 2}
@@ -321,8 +323,9 @@ async def test_with_the_fallback_off_leftovers_are_rebatched_not_left_open(tmp_p
 
 
 async def test_a_request_goes_through_at_most_leftovers_max_batches(tmp_path: Path) -> None:
-    """Batches that always expire: after its second batch, a request's leftover goes to flex."""
-    with budget_server(throughput=5.5 / DAY_S, time_scale=2 * DAY_S) as server:
+    """Batches that always expire (3.5 lines a window): after its second batch, what a request's
+    batches left goes to flex."""
+    with budget_server(throughput=3.5 / DAY_S, time_scale=2 * DAY_S) as server:
         spec = load_job(write_flex_job(tmp_path, rows=20, shard_lines=10, base_url=server.url,
                                        fallback={"leftovers": "batch"}))
         summary = await run_job(spec)
@@ -331,7 +334,8 @@ async def test_a_request_goes_through_at_most_leftovers_max_batches(tmp_path: Pa
     assert summary.finished
     assert summary.requests["succeeded"] == 20
     assert max(sent.values()) == 2  # never a third batch
-    assert summary.leftovers["rebatched"] == 10  # 2 x 5 left by the first batches
-    assert len(calls) == 5  # the 10-line re-batch ran 5 before it expired too
-    view = read_ledger(spec)
-    assert Counter(assert_settled_once(view, 20).values()) == {"batch": 15, "flex": 5}
+    assert summary.leftovers["rebatched"] == 14  # 2 x 7 left by the first batches
+    sources = assert_settled_once(read_ledger(spec), 20)
+    flexed = {cid for cid, source in sources.items() if source == "flex"}
+    assert len(calls) == len(flexed) > 0
+    assert all(sent[cid] == 2 for cid in flexed)  # only after their second batch
