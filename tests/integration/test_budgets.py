@@ -25,6 +25,7 @@ from pipeline.reconcile import apply_file
 from pipeline.runner import RunSummary, run_job
 from pipeline.workers import Worker
 from state import Ledger
+from tests.e2e.cli import run_cli
 from tests.integration.flexjobs import PRICE, assert_settled_once, tiers, write_flex_job
 from tests.integration.lifecycle import read_ledger
 
@@ -157,6 +158,21 @@ async def test_plan_says_which_shards_fit_the_budget(tmp_path: Path) -> None:
     assert replan.budget_fits == 50
     assert replan.budget_held == 100
     assert [(s.lines, s.fits) for s in replan.compile.shards][:1] == [(50, True)]
+
+
+def test_the_plan_command_prints_which_shards_fit(tmp_path: Path) -> None:
+    config = write_flex_job(tmp_path, rows=200, shard_lines=64, base_url="http://127.0.0.1:9",
+                            budget={"max_requests": 100})
+    shown = run_cli("plan", str(config), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "64 lines / " in text
+    assert text.count("(over budget)") == 2
+    assert "within [policy.budget] │ 2 of 4 shards, 100 requests" in text
+    assert "held back by max_requests │ 100 requests" in text
+    as_json = orjson.loads(run_cli("plan", "--json", str(config), cwd=tmp_path).stdout)
+    assert [s["fits"] for s in as_json["compile"]["shards"]] == [True, True, False, False]
+    assert (as_json["budget_fits"], as_json["budget_held"]) == (100, 100)
 
 
 async def test_a_shard_compiled_earlier_waits_when_it_no_longer_fits(tmp_path: Path) -> None:
