@@ -141,6 +141,11 @@ class BatchBudget:
         spend = spent(ledger, job, self.completion_per_line, self.price, compiled=True)
         return Allowance(self.budget, spend, self.completion_per_line, self.price)
 
+    def refusal(self, ledger: Ledger, job: str, lines: int, size: int) -> str | None:
+        """The cap a new shard of ``lines`` lines and ``size`` bytes would pass now, if any."""
+        spend = spent(ledger, job, self.completion_per_line, self.price)
+        return Allowance(self.budget, spend, self.completion_per_line, self.price).refuses(lines, size)
+
     def fits(self, lines: int, size: int) -> Callable[[Mapping[str, float], Committed], bool]:
         """The check :meth:`state.Ledger.begin_upload_within` makes for a shard of ``lines``
         lines and ``size`` bytes, on the ledger's figures at that moment."""

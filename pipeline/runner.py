@@ -218,6 +218,8 @@ class _Run:
         self.budget = BatchBudget.of(spec.policy.budget, estimate_completion_tokens(spec),
                                      self.price)
         """The budget as the batch path applies it (None: nothing capped)."""
+        self.leftover_route = "flex"
+        """Where the last round sent batches' leftovers (:mod:`pipeline.leftovers`)."""
 
     async def _compile(self, *, only_shards: bool = False) -> bool:
         """Compile under the job's compile lock; False (and who holds it) if another worker is
@@ -314,6 +316,7 @@ class _Run:
                         rebatch_leftovers, ledger, spec, deadline_at, worker,
                         batches_running=partial(self._batches_running, held_shards)))
                     leftovers.add(round_left)
+                    self.leftover_route = round_left.route
                     if round_left.rebatched and self.compile_waiting is None:
                         await self._compile(only_shards=True)  # submitted next round
                 round_flexed = await finish_leftovers(ledger, client, spec, price,
@@ -372,7 +375,7 @@ class _Run:
             left_retryable=requests[RequestStatus.RETRYABLE.value],
             fallback=flexed.as_dict(),
             deadline=deadline.isoformat() if deadline is not None else None,
-            budget_exhausted=flexed.budget_exhausted or (self.compiled.budget_reached if held else None),
+            budget_exhausted=flexed.budget_exhausted or (self._held_cap() if held else None),
             worker=worker.id,
             cost_known=price is not None,
             budget_held=held,
@@ -387,6 +390,17 @@ class _Run:
                 config_path=self.config_path))
             summary.evaluation = evaluation.as_dict()
         return summary
+
+    def _held_cap(self) -> str | None:
+        """The cap that holds requests back: the one the shard pass stopped at, else the one
+        the first compiled shard would pass."""
+        if self.compiled.budget_reached is not None or self.budget is None:
+            return self.compiled.budget_reached
+        shard = next((s for s in self.ledger.shards(self.spec.name)
+                      if s["step"] == ShardStep.COMPILED.value), None)
+        if shard is None:
+            return None
+        return self.budget.refusal(self.ledger, self.spec.name, shard["lines"], shard["bytes"])
 
     def _batches_running(self, held_shards: int) -> int:
         """Shards on their way, and requests waiting to be sharded (leftovers moved by a run
@@ -424,11 +438,12 @@ class _Run:
                 "are left retryable; raise [policy.budget] and run again to finish them"
             )
         elif summary.left_retryable:
-            notes.append(
-                f"{summary.left_retryable} requests are left retryable "
-                + ("(the fallback is off)" if not spec.policy.fallback.enabled
+            why = ("(the fallback is off)" if not spec.policy.fallback.enabled
                    else "(their trigger is not in [policy.fallback].triggers)")
-            )
+            if self.leftover_route == "wait":
+                why = ("(leftovers waiting for the job's running batches, to be re-batched or "
+                       "sent to flex with theirs)")
+            notes.append(f"{summary.left_retryable} requests are left retryable {why}")
         if not summary.finished:
             if in_flight:
                 notes.append(f"{in_flight} shards still in flight: run again to continue")

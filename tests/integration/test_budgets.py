@@ -189,6 +189,7 @@ async def test_a_shard_compiled_earlier_waits_when_it_no_longer_fits(tmp_path: P
     assert len(sent) == 45
     assert set(sent.values()) == {1}
     assert summary.budget_held == 15
+    assert summary.budget_exhausted == "max_requests"
     assert summary.requests["succeeded"] == 45
 
 
