@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.budget import BatchBudget
 from jobs.inputs import find_duplicate_ids, iter_job_rows
 from jobs.load import spec_hash, spec_json
 from jobs.requests import (
@@ -94,6 +95,8 @@ class ShardSummary:
     sha256: str | None
     lines: int
     bytes: int
+    fits: bool = True
+    """Within ``[policy.budget]`` (``plan``: a shard past it is what a larger budget sends)."""
 
 
 @dataclass(slots=True)
@@ -136,6 +139,11 @@ class CompileReport:
     """Rows left out because another row has their id (``[input] on_duplicate_id = "first"``
     or ``"last"``); not counted in ``rows``."""
     shards: list[ShardSummary] = field(default_factory=list)
+    held_by_budget: int = 0
+    """Requests left pending, not written into a shard, because the next line would have
+    passed ``[policy.budget]`` (:mod:`jobs.budget`)."""
+    budget_reached: str | None = None
+    """The budget cap that stopped the shard pass, if one did."""
     est_prompt_tokens: int = 0
     est_completion_tokens: int = 0
     elapsed_s: float = 0.0
@@ -217,7 +225,8 @@ def _tally_changes(tally: RowTally, rows: list[RowRecord], before: dict[str, str
 
 
 def write_shards(
-    spec: JobSpec, ledger: Ledger, report: CompileReport, *, tag: str | None = None
+    spec: JobSpec, ledger: Ledger, report: CompileReport, *, tag: str | None = None,
+    budget: BatchBudget | None = None,
 ) -> None:
     """Pass 3: the job's pending requests → shard files, each recorded as it closes.
 
@@ -226,6 +235,10 @@ def write_shards(
     the same file again gets the next one, so the earlier one's upload and batch are never
     mistaken for it). Two compiles of the same requests therefore make the same shards, never
     extra ones. ``tag`` (tests) fixes the last part instead.
+
+    With a ``budget``, the pass stops before the first line that would pass it (by the
+    estimate, :mod:`jobs.budget`): the shard open then is closed short and the rest stays
+    pending — not lost, sharded by a later pass once the budget allows.
     """
     directory = spec.workdir_path / "shards"
     policy = spec.policy
@@ -240,6 +253,7 @@ def write_shards(
     # compile's progress, so it ends.
     while True:
         estimates: dict[str, int] = {}  # prompt tokens of the requests in unrecorded shards
+        allowance = budget.allowance(ledger, spec.name) if budget is not None else None
         try:
             with ShardWriter(
                 directory,
@@ -249,10 +263,16 @@ def write_shards(
                 key_for=key_for,
             ) as writer:
                 for custom_id, body in ledger.iter_pending(spec.name):
+                    line = batch_line(custom_id, body, spec.endpoint)
+                    if allowance is not None and not allowance.take(len(line)):
+                        break
                     estimates[custom_id] = estimate_prompt_tokens(body)
-                    closed = writer.add(custom_id, batch_line(custom_id, body, spec.endpoint))
+                    closed = writer.add(custom_id, line)
                     _record(ledger, spec.name, report, closed, estimates, completion)
                 _record(ledger, spec.name, report, writer.close(), estimates, completion)
+            if allowance is not None and allowance.refused is not None:
+                report.budget_reached = allowance.refused
+                report.held_by_budget = ledger.request_counts(spec.name)["pending"]
             return
         except _TakenMeanwhile:
             continue
@@ -275,14 +295,16 @@ def _record(ledger: Ledger, job: str, report: CompileReport, shards: Iterable[Wr
         report.est_prompt_tokens += sum(estimates.pop(cid) for cid in shard.custom_ids)
 
 
-def shard_pending(spec: JobSpec, ledger: Ledger, report: CompileReport) -> None:
+def shard_pending(spec: JobSpec, ledger: Ledger, report: CompileReport, *,
+                  budget: BatchBudget | None = None) -> None:
     """What compile's last pass does, alone: the job's pending requests (rows recorded by a
     compile that was cut short, or requests shared with another job that has not sharded them)
     → shard files, or straight to the synchronous path for ``mode = "sync"``."""
     if spec.policy.mode == "sync":
         report.to_send += route_to_sync(spec, ledger)
     else:
-        write_shards(spec, ledger, report)
+        report.held_by_budget, report.budget_reached = 0, None
+        write_shards(spec, ledger, report, budget=budget)
 
 
 def compile_job(
@@ -292,12 +314,14 @@ def compile_job(
     refresh: bool = False,
     model: str | None = None,
     salt: str | None = None,
+    budget: BatchBudget | None = None,
 ) -> CompileReport:
     """Compile ``spec`` into ``ledger`` and shard files under ``<workdir>/shards/``.
 
     ``refresh`` re-asks requests already answered. ``model`` is the resolved ``ft:`` id when
     the spec names an ``adapter``. ``salt`` gives every request a fresh id (see
     :func:`jobs.requests.custom_id_for`); with ``[policy] cache = false`` callers pass a run id.
+    ``budget`` (:class:`jobs.budget.BatchBudget`) cuts the shards at what the budget leaves.
     Raises :class:`~pipeline.errors.ConfigError` / ``InputError`` for a bad config or input
     file; rows that cannot be rendered are rejected and recorded, not raised.
     """
@@ -324,7 +348,7 @@ def compile_job(
     if spec.policy.mode == "sync":
         report.to_send = route_to_sync(spec, ledger)
     else:
-        write_shards(spec, ledger, report)
+        write_shards(spec, ledger, report, budget=budget)
     report.elapsed_s = round(time.perf_counter() - started, 3)
     return report
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.audio import MIN_BILLED_AUDIO_S, is_audio
+from jobs.budget import Allowance, BatchBudget, Spend
 from jobs.compile import (
     CompileReport,
     ShardSummary,
@@ -65,7 +66,7 @@ class Price:
     audio_per_hour: float = 0.0
     """USD per hour of audio (speech-to-text models), on-demand."""
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, tier: str = "batch") -> float:
+    def cost(self, prompt_tokens: float, completion_tokens: float, tier: str = "batch") -> float:
         """USD for these tokens on ``tier`` (``batch``, ``flex``, ``on_demand``)."""
         usd = (prompt_tokens * self.input_per_m + completion_tokens * self.output_per_m) / 1e6
         return self._on(tier, usd)
@@ -139,6 +140,13 @@ class PlanReport:
     cost_on_demand_usd: float | None = None
     rejections: list[dict[str, Any]] = field(default_factory=list)
     """The first rejected rows: ``row_key``, ``row_index``, ``reason``."""
+    budget_fits: int | None = None
+    """With ``[policy.budget]``: requests a run would send now (the shards marked ``fits``),
+    what the budget leaves after what the ledger has spent or committed."""
+    budget_held: int = 0
+    """Requests past the budget: left pending until a run with a larger budget."""
+    budget_reached: str | None = None
+    """The cap that holds them back."""
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -189,7 +197,9 @@ def plan_job(
             report.changed_rows += report.unchanged_rows
             report.unchanged_rows = 0
             refresh = True
-        _size_shards(spec, scratch, ledger_for_answers, report, refresh=refresh)
+        allowance = _allowance(spec, ledger_for_answers, builder.model, table)
+        _size_shards(spec, scratch, ledger_for_answers, report, refresh=refresh,
+                     allowance=allowance)
         rejections = [
             {"row_key": key, "row_index": index, "reason": reason}
             for key, index, reason in scratch.rejected_rows(spec.name, limit=REJECTIONS_SHOWN)
@@ -197,6 +207,10 @@ def plan_job(
     report.new_requests = report.to_send
     plan = _price(spec, report, table)
     plan.rejections = rejections
+    if allowance is not None:
+        plan.budget_fits = sum(s.lines for s in report.shards if s.fits)
+        plan.budget_held = report.to_send - plan.budget_fits
+        plan.budget_reached = allowance.refused
     if report.duplicate_rows:
         kept = spec.input.on_duplicate_id
         plan.warnings.append(
@@ -211,10 +225,27 @@ def plan_job(
     return plan
 
 
+def _allowance(spec: JobSpec, real: Ledger | None, model: str,
+               prices: dict[str, Price]) -> Allowance | None:
+    """What the budget leaves for new shards, after what the real ledger spent or committed."""
+    budget = BatchBudget.of(spec.policy.budget, estimate_completion_tokens(spec),
+                            price_for(model, prices))
+    if budget is None:
+        return None
+    if real is None:
+        return Allowance(budget.budget, Spend(0, 0.0, 0.0), budget.completion_per_line,
+                         budget.price)
+    return budget.allowance(real, spec.name)
+
+
 def _size_shards(
-    spec: JobSpec, scratch: Ledger, real: Ledger | None, report: CompileReport, *, refresh: bool
+    spec: JobSpec, scratch: Ledger, real: Ledger | None, report: CompileReport, *, refresh: bool,
+    allowance: Allowance | None = None,
 ) -> None:
+    """Size the shards a compile would write; with an ``allowance`` they are cut where the
+    compile would cut them, and those past it are marked as not fitting."""
     sizer = ShardSizer(spec.policy.max_lines_per_shard, spec.policy.max_bytes_per_shard)
+    over = ShardSizer(spec.policy.max_lines_per_shard, spec.policy.max_bytes_per_shard)
     completion = estimate_completion_tokens(spec)
     chunk: list[tuple[str, bytes]] = []
 
@@ -227,7 +258,11 @@ def _size_shards(
             report.to_send += 1
             report.est_prompt_tokens += estimate_prompt_tokens(body)
             report.est_completion_tokens += completion
-            sizer.add(len(batch_line(custom_id, body, spec.endpoint)))
+            size = len(batch_line(custom_id, body, spec.endpoint))
+            if allowance is None or (allowance.refused is None and allowance.take(size)):
+                sizer.add(size)
+            else:
+                over.add(size)
         chunk.clear()
 
     for item in scratch.iter_pending(spec.name):
@@ -236,7 +271,10 @@ def _size_shards(
             flush()
     flush()
     sizer.close()
+    over.close()
     report.shards = [ShardSummary(None, None, None, lines, size) for lines, size in sizer.closed]
+    report.shards += [ShardSummary(None, None, None, lines, size, fits=False)
+                      for lines, size in over.closed]
 
 
 def unpriced(model: str) -> str:

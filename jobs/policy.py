@@ -14,6 +14,8 @@ flex, budget). Durations are written the way people say them: ``"36h"``, ``"90m"
     triggers = ["expired", "missing", "deadline"]
     service_tier = "flex"
 
+    leftovers = "auto"                    # re-batch what expired when a window still fits
+
     [policy.budget]
     max_dollars = 25.0
 """
@@ -108,8 +110,9 @@ class FallbackSpec(_Table):
 
     enabled: bool = Field(
         default=True,
-        description="Run the fallback at all. When false, what the batches leave undone "
-        "stays retryable in the ledger, and the summary says how many.",
+        description="Run the synchronous fallback at all. When false, what the batches leave "
+        "undone is re-batched while a window fits (see `leftovers`), else stays retryable in "
+        "the ledger, and the summary says how many.",
     )
     triggers: tuple[FallbackTrigger, ...] = Field(
         default=ALL_TRIGGERS,
@@ -138,6 +141,34 @@ class FallbackSpec(_Table):
         description="Fallback calls in flight at once, per worker (1-256). Calls are also "
         "held back while the rate-limit headers say the window is spent.",
     )
+    leftovers: Literal["auto", "batch", "flex"] = Field(
+        default="auto",
+        description=(
+            "Where what a batch left undone (expired, cancelled, missing lines, retryable error "
+            "lines) goes: `batch` compiles it into a new batch at the batch price whenever the "
+            "deadline (or none) leaves room for another completion window; `flex` sends it "
+            "through the synchronous fallback at the on-demand price; `auto` re-batches when "
+            "there is room and at least `leftovers_flex_below` requests are left (or the "
+            "fallback is off), else uses flex."
+        ),
+    )
+    leftovers_flex_below: int = Field(
+        default=100,
+        ge=0,
+        description=(
+            "With `leftovers = \"auto\"`: fewer leftovers than this go to flex (a batch window "
+            "is not worth waiting for them); this many or more are re-batched."
+        ),
+    )
+    leftovers_max_batches: int = Field(
+        default=2,
+        ge=1,
+        le=10,
+        description=(
+            "Batches a request may go through in all (the first one included); what its last "
+            "batch leaves undone goes to flex (or stays retryable with the fallback off)."
+        ),
+    )
 
     @field_validator("triggers", mode="after")
     @classmethod
@@ -146,7 +177,9 @@ class FallbackSpec(_Table):
 
 
 class BudgetSpec(_Table):
-    """``[policy.budget]``: a job-wide ceiling. When spent, the rest stays retryable."""
+    """``[policy.budget]``: a job-wide ceiling over both paths. Compile and submit stop before
+    a shard that would pass it (by the estimate, corrected by what reconcile records); the
+    fallback stops before a call that would. What is not sent stays pending or retryable."""
 
     max_requests: int | None = Field(
         default=None,

@@ -19,6 +19,7 @@ The points, in the order a shard passes them:
 ``after_settle``    poll recorded the shard ``settled``; nothing of its files read yet
 ``mid_reconcile``   a chunk of result lines is committed; the shard is not yet ``reconciled``
 ``after_reconcile`` the shard is recorded ``reconciled`` (between two shards' reconciles)
+``after_rebatch``   a batch's leftovers are back to pending; no new shard holds them yet
 ==================  ======================================================================
 
 SIGKILL, not an exception: nothing runs after it — no ``finally``, no ``__exit__``, no
@@ -35,7 +36,8 @@ import threading
 
 ENV_VAR = "GROQBATCH_CRASH_AT"
 POINTS = frozenset(
-    {"after_upload", "after_create", "after_submit", "after_settle", "mid_reconcile", "after_reconcile"}
+    {"after_upload", "after_create", "after_submit", "after_settle", "mid_reconcile",
+     "after_reconcile", "after_rebatch"}
 )
 
 _hits: dict[str, int] = {}

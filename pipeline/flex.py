@@ -46,9 +46,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import anyio
@@ -59,6 +58,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from jobs import JobSpec, Price
 from jobs.answers import judge_answer
 from jobs.audio import MIN_BILLED_AUDIO_S, billed_audio_seconds, is_audio
+from jobs.budget import Spend, spent
 from jobs.compile import SYNC_MODE_REASON, estimate_completion_tokens, estimate_prompt_tokens
 from jobs.outputs import (
     OutputValidator,
@@ -67,6 +67,7 @@ from jobs.outputs import (
     json_validate_failed,
 )
 from state import Ledger, OpenRequest, RequestStatus, ResultRecord, ResultSource, ShardStep
+from state.spend import ExtraSpend
 
 from .client import ChatReply, GroqClient
 from .deadline import DROPPED_REASON
@@ -187,14 +188,15 @@ class Budget:
         return (self.max_requests is not None or self.max_tokens is not None
                 or self.max_dollars is not None)
 
-    def sync(self, totals: Mapping[str, float], *, in_flight_tokens: int = 0,
+    def sync(self, spend: Spend, *, in_flight_tokens: int = 0,
              in_flight_usd: float = 0.0) -> None:
         """Take what the ledger has recorded as spent (every worker's calls: an in-flight call
-        counted its attempt when claimed), plus the estimates of this stage's calls whose
-        tokens are not recorded yet."""
-        self.requests = int(totals["attempts"])
-        self.tokens = int(totals["prompt_tokens"] + totals["completion_tokens"]) + in_flight_tokens
-        self.dollars = float(totals["cost_usd"]) + in_flight_usd
+        counted its attempt when claimed) and committed to batches on their way (their
+        estimate, :mod:`jobs.budget`), plus the estimates of this stage's calls whose tokens
+        are not recorded yet."""
+        self.requests = spend.requests
+        self.tokens = int(spend.tokens) + in_flight_tokens
+        self.dollars = spend.dollars + in_flight_usd
 
     def refuses(self, tokens: int, dollars: float) -> str | None:
         """The name of the cap that one more call of this size would break, if any."""
@@ -231,9 +233,11 @@ RECOVERED = FLEX_PREFIX + "recovered after an interrupted run"
 async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, price: Price | None, *,
                            deadline_passed: bool = False,
                            retry: RetryPolicy | None = None,
-                           worker: Worker | None = None) -> FlexReport:
+                           worker: Worker | None = None,
+                           keep: Callable[[OpenRequest], bool] | None = None) -> FlexReport:
     """Send the job's eligible retryable requests through the synchronous path until none is
-    left (or the budget stops it). Requests not eligible under the job's triggers stay put."""
+    left (or the budget stops it). Requests not eligible under the job's triggers stay put, and
+    so do those ``keep`` names (leftovers to be re-batched, :mod:`pipeline.leftovers`)."""
     fallback = spec.policy.fallback
     report = FlexReport(tier=tier_for(spec))
     if not fallback.enabled:
@@ -245,11 +249,12 @@ async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, pr
     budget = Budget(spec.policy.budget.max_requests, spec.policy.budget.max_tokens,
                     spec.policy.budget.max_dollars, 0, 0, 0.0)
     if budget.capped:
-        budget.sync(ledger.request_totals(spec.name))
+        budget.sync(spent(ledger, spec.name, estimate_completion_tokens(spec), price))
     # A request of a dropped shard never went through a batch: it spent no attempt there.
     dropped = frozenset(s["key"] for s in ledger.shards(spec.name) if s["step"] == ShardStep.DROPPED)
     stage = _Stage(ledger, client, spec, price, report, budget, triggers, retry or RetryPolicy(),
                    dropped, worker)
+    stage.keep = keep
     await stage.run()
     report.elapsed_s = round(time.monotonic() - started, 3)
     if (stopped := stage.pacer.stopped) is not None:
@@ -295,6 +300,8 @@ class _Stage:
         """custom_id → calls of this stage that got no answer at all (transport failures)."""
         self.in_flight = 0
         """Calls moved to in_flight whose outcome is not yet recorded in the ledger."""
+        self.keep: Callable[[OpenRequest], bool] | None = None
+        """Retryable requests to leave alone (leftovers the next round re-batches)."""
         self.refused: AuthenticationError | ServerUnavailableError | None = None
         """A 401/403 (the key is wrong or not allowed), or a server that stopped answering. Not
         the request's fault — nothing more is sent, what was claimed goes back to retryable, and
@@ -361,6 +368,8 @@ class _Stage:
         custom_id = request.custom_id
         if not eligible(request.last_error, self.triggers):
             return None
+        if self.keep is not None and self.keep(request):
+            return None
         if is_invalid_output(request.last_error) and request.attempts > self.invalid_retries:
             self._give_up(custom_id, request.attempts, request.last_error)
             return None
@@ -377,8 +386,8 @@ class _Stage:
     def _sync_budget(self) -> None:
         tokens = sum(tokens for tokens, _ in self.pending_estimate.values())
         usd = sum(usd for _, usd in self.pending_estimate.values())
-        self.budget.sync(self.ledger.request_totals(self.spec.name), in_flight_tokens=tokens,
-                         in_flight_usd=usd)
+        self.budget.sync(spent(self.ledger, self.spec.name, self.completion_estimate, self.price),
+                         in_flight_tokens=tokens, in_flight_usd=usd)
 
     async def _dispatch(self, group: list[_Call], send: ObjectSendStream[_Call]) -> int:
         """Claim a group of calls in one transaction, then queue for the workers only those
@@ -531,11 +540,21 @@ class _Stage:
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 records = [self._settle(outcome) for outcome in outcomes]
-                await anyio.to_thread.run_sync(
-                    partial(self.ledger.record_results, records, worker=self.worker.id))
+                await anyio.to_thread.run_sync(self._store, records)
                 for outcome in outcomes:
                     self.pending_estimate.pop(outcome.call.custom_id, None)
                 self.in_flight -= len(outcomes)
+
+    def _store(self, records: list[ResultRecord]) -> None:
+        """Write outcomes (one transaction); an answer no request took — its call was given
+        up after this worker's claim ran out, and another answered — was paid all the same:
+        it is recorded as spent twice, for the budget."""
+        _, taken = self.ledger.record_result_chunk(records, worker=self.worker.id)
+        self.ledger.record_extra_spend(
+            ExtraSpend(self.spec.name, r.custom_id, ResultSource.FLEX.value, None,
+                       r.prompt_tokens, r.completion_tokens, r.cost_usd)
+            for r in records
+            if r.custom_id not in taken and (r.prompt_tokens or r.completion_tokens))
 
     def _settle(self, outcome: _Outcome) -> ResultRecord:
         if outcome.unsent:

@@ -48,6 +48,7 @@ from jobs.outputs import (
 from jobs.requests import CHAT_ENDPOINT
 from state import Ledger, QuarantineRecord, RequestStatus, ResultRecord, ResultSource, ShardStep
 from state.engine import chunked
+from state.spend import ExtraSpend
 
 from .client import GroqClient
 from .errors import PermanentAPIError, RetryableAPIError
@@ -176,6 +177,7 @@ def apply_file(ledger: Ledger, path: Path, shard: Mapping[str, Any], file_id: st
     report = ReconcileReport()
     batch_id: str | None = shard["batch_id"]
     counted: set[str] = set()  # ids answered by this file: bounded by the shard's size
+    seen: set[str] = set()  # ids read in this pass of the file (a second line is a duplicate)
 
     def quarantined(raw: bytes, reason: str, line_no: int) -> QuarantineRecord:
         return QuarantineRecord(raw.rstrip(b"\n"), reason, shard["key"], batch_id, file_id, line_no)
@@ -198,6 +200,7 @@ def apply_file(ledger: Ledger, path: Path, shard: Mapping[str, Any], file_id: st
             # One look-up of the chunk's ids, in the transaction that stores the answers: the
             # status each known id had before (an id the ledger never sent is not in it).
             known, taken = ledger.record_result_chunk(result for _, _, result in parsed)
+            twice: list[ExtraSpend] = []
             for line_no, raw, result in parsed:
                 status = known.get(result.custom_id)
                 if status is None:
@@ -208,6 +211,15 @@ def apply_file(ledger: Ledger, path: Path, shard: Mapping[str, Any], file_id: st
                     report.invalid_output += is_invalid_output(result.error)
                 else:
                     report.duplicates += 1
+                    # A second answer in this file (not the first one read again after a
+                    # crash): paid for, so the budget counts it — once, whatever the re-reads.
+                    if result.custom_id in seen and (result.prompt_tokens or result.completion_tokens):
+                        twice.append(ExtraSpend(
+                            shard["job"], result.custom_id, ResultSource.BATCH.value,
+                            f"{file_id}:{line_no}", result.prompt_tokens,
+                            result.completion_tokens, result.cost_usd))
+                seen.add(result.custom_id)
+            ledger.record_extra_spend(twice)
             report.quarantined += ledger.quarantine(bad)
             crash_point("mid_reconcile")
     return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from jobs import PlanReport
@@ -42,9 +43,16 @@ def print_plan(plan: PlanReport) -> None:
     table.add_row("unique requests", f"{report.unique_requests:,}")
     table.add_row("already answered (cached)", f"{report.already_answered:,}")
     table.add_row("to send", f"{report.to_send:,}")
-    sizes = ", ".join(f"{s.lines:,} lines / {human_bytes(s.bytes)}" for s in report.shards[:5])
+    sizes = ", ".join(f"{s.lines:,} lines / {human_bytes(s.bytes)}"
+                      + ("" if s.fits else " (over budget)") for s in report.shards[:5])
     more = f" (+{len(report.shards) - 5} more)" if len(report.shards) > 5 else ""
     table.add_row("shards", f"{len(report.shards)}" + (f": {sizes}{more}" if sizes else ""))
+    if plan.budget_fits is not None:
+        fit = [s for s in report.shards if s.fits]
+        table.add_row(escape("within [policy.budget]"),
+                      f"{len(fit)} of {len(report.shards)} shards, {plan.budget_fits:,} requests")
+        if plan.budget_held:
+            table.add_row(f"held back by {plan.budget_reached}", f"{plan.budget_held:,} requests")
     table.add_row("estimated prompt tokens", f"{report.est_prompt_tokens:,}")
     table.add_row("estimated completion tokens", f"{report.est_completion_tokens:,}")
     if plan.cost_batch_usd is not None:
@@ -54,7 +62,7 @@ def print_plan(plan: PlanReport) -> None:
     for rejection in plan.rejections:
         console.print(f"rejected row {rejection['row_key']} (#{rejection['row_index']}): {rejection['reason']}")
     for warning in plan.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
 
 
 class ProgressDisplay:
@@ -128,7 +136,8 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
                   f"{c['unique_requests']:,} unique requests ({c['already_answered']:,} answered before)")
     console.print(f"  requests: {r.get('succeeded', 0):,} succeeded, {r.get('failed', 0):,} failed, "
                   f"{r.get('retryable', 0):,} left by their batches, "
-                  f"{sum(v for k, v in r.items() if k not in ('succeeded', 'failed', 'retryable')):,} in flight")
+                  f"{sum(v for k, v in r.items() if k not in ('succeeded', 'failed', 'retryable')) - summary.budget_held:,} in flight"
+                  + (f", {summary.budget_held:,} held back by the budget" if summary.budget_held else ""))
     shards = ", ".join(f"{n} {step}" for step, n in summary.shards.items() if n) or "none"
     console.print(f"  shards: {shards}; {summary.poll_calls} poll calls in {summary.rounds} rounds")
     if summary.reconciled.get("quarantined"):
@@ -140,6 +149,7 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
                       f"{flex['failed']:,} failed, {flex['requeued']:,} retried; errors seen: {seen}; "
                       f"{flex['pace_rps']:.1f} req/s; "
                       + (f"cost ${flex['cost_usd']:.6f}" if summary.cost_known else "cost unknown"))
+    _print_paths(console, summary)
     console.print(f"  tokens: {int(t['prompt_tokens']):,} prompt + {int(t['completion_tokens']):,} completion; "
                   + (f"cost ${t['cost_usd']:.6f}" if summary.cost_known
                      else f"cost unknown (no price for {summary.model})"))
@@ -153,8 +163,29 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
             means = ", ".join(f"{name} {_mean(m['mean'])}" for name, m in evaluation["metrics"].items())
             console.print(f"  evaluation: {evaluation['answered']:,}/{evaluation['rows']:,} answered; {means}")
     for note in summary.notes:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {escape(note)}")  # notes name tables: [policy.budget]
     console.print(("finished" if summary.finished else "not finished") + f" in {summary.elapsed_s:.1f}s")
+
+
+_PATH_NAMES = {"batch": "batch", "rebatched": "re-batched leftovers", "flex": "flex",
+               "on_demand": "on demand", "auto": "auto tier", "answered_twice": "answered twice"}
+
+
+def _print_paths(console: Console, summary: RunSummary) -> None:
+    """What each path cost, and what re-batching leftovers saved against flex."""
+    paths = {name: p for name, p in summary.paths.items() if name in _PATH_NAMES and p["requests"]}
+    if not summary.cost_known or not paths or set(paths) == {"batch"}:
+        return
+    shown = "; ".join(f"{_PATH_NAMES[name]} ${p['cost_usd']:.6f} "
+                      + (f"({p['requests']:,} answers)" if name == "answered_twice"
+                         else f"({p['succeeded']:,} answered)")
+                      for name, p in sorted(paths.items(), key=lambda item: list(_PATH_NAMES).index(item[0])))
+    console.print(f"  cost by path: {shown}")
+    rebatched = paths.get("rebatched")
+    if rebatched and "saved_usd" in rebatched:
+        console.print(f"  re-batching {rebatched['requests']:,} leftovers cost ${rebatched['cost_usd']:.6f} "
+                      f"instead of ${rebatched['flex_equivalent_usd']:.6f} on flex: "
+                      f"saved ${rebatched['saved_usd']:.6f}")
 
 
 def print_status(status: dict[str, Any]) -> None:

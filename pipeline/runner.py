@@ -19,8 +19,18 @@ from typing import Any
 
 import anyio
 
-from jobs import CompileReport, JobSpec, compile_job, load_prices, price_for, spec_hash, spec_json
-from jobs.compile import shard_pending
+from jobs import (
+    CompileReport,
+    JobSpec,
+    Price,
+    compile_job,
+    load_prices,
+    price_for,
+    spec_hash,
+    spec_json,
+)
+from jobs.budget import BatchBudget
+from jobs.compile import estimate_completion_tokens, shard_pending
 from jobs.outputs import OutputValidator
 from jobs.plan import refuse_unpriced_budget, unpriced
 from state import Ledger, RequestStatus, ShardStep
@@ -30,6 +40,7 @@ from .cancel import cancel_in_flight
 from .deadline import deadline_passed, drop_unsubmitted, job_deadline
 from .evaluate import check_run_identity, evaluate_run, is_settled, run_identity
 from .flex import FlexReport, finish_leftovers
+from .leftovers import LeftoverReport, job_deadline_at, rebatch_leftovers
 from .pacing import daily_limit_note
 from .planning import resolve_model
 from .poll import PollInterval, poll_batches
@@ -101,6 +112,16 @@ class RunSummary:
     """This worker's id (``host:pid`` unless ``--worker-id`` named it)."""
     cost_known: bool = True
     """False when the model has no price in ``configs/prices.toml``: ``cost_usd`` counts nothing."""
+    budget_held: int = 0
+    """Requests not sent (left pending, or in compiled shards not uploaded) because the next
+    shard would have passed ``[policy.budget]``; a run with a larger budget sends them."""
+    leftovers: dict[str, Any] = field(default_factory=dict)
+    """Where batches' leftovers went: ``rebatched`` (into new batches) and ``to_flex``."""
+    paths: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The job's requests, tokens and cost by the path that answered them: ``batch``,
+    ``rebatched`` (with ``flex_equivalent_usd`` and ``saved_usd``: what the same tokens would
+    have cost on flex, and the difference), ``flex``, …, and ``answered_twice`` (answers paid
+    for that no request took; counted by the budget)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,6 +215,12 @@ class _Run:
         """The worker whose compile this one is waiting for, if any."""
         self.skipped: set[str] = set()
         """Optional calls the server refused, skipped (notes for the summary)."""
+        self.price: Price | None = price_for(model, load_prices())
+        self.budget = BatchBudget.of(spec.policy.budget, estimate_completion_tokens(spec),
+                                     self.price)
+        """The budget as the batch path applies it (None: nothing capped)."""
+        self.leftover_route = "flex"
+        """Where the last round sent batches' leftovers (:mod:`pipeline.leftovers`)."""
 
     async def _compile(self, *, only_shards: bool = False) -> bool:
         """Compile under the job's compile lock; False (and who holds it) if another worker is
@@ -207,11 +234,12 @@ class _Run:
         done: str | None = None  # recorded only for a whole compile that finished
         try:
             if only_shards:
-                await anyio.to_thread.run_sync(partial(shard_pending, spec, ledger, self.compiled))
+                await anyio.to_thread.run_sync(partial(shard_pending, spec, ledger, self.compiled,
+                                                       budget=self.budget))
             else:
                 self.compiled = await anyio.to_thread.run_sync(partial(
                     compile_job, spec, ledger, refresh=self.refresh, model=self.model,
-                    salt=self.salt))
+                    salt=self.salt, budget=self.budget))
                 done = self.fingerprint
         finally:
             with anyio.CancelScope(shield=True):
@@ -235,11 +263,14 @@ class _Run:
         spec, ledger, worker = self.spec, self.ledger, self.worker
         await anyio.to_thread.run_sync(reap_dead_local_workers, ledger, worker, spec.name)
         await self._compile()
-        price = price_for(self.model, load_prices())
+        price = self.price
         outputs = OutputValidator.for_job(spec)  # one rule for batch lines and flex answers
         reconciled = ReconcileReport()
         flexed = FlexReport(tier=spec.policy.fallback.service_tier)
         deadline = job_deadline(spec, ledger)
+        deadline_at = job_deadline_at(spec, ledger)  # whether a new batch window still fits
+        leftovers = LeftoverReport()
+        held = 0
         interval = PollInterval(spec.policy.poll_interval_min_s, spec.policy.poll_interval_max_s)
         rounds = poll_calls = swept = 0
         touched_uploads = False  # strays can only exist if this run uploaded or adopted a file
@@ -252,6 +283,7 @@ class _Run:
                     await self._catch_up_compile()
                 late = deadline_passed(deadline)
                 created = 0
+                held_shards = 0
                 if late:
                     # Nothing new goes to the batch path; what is in flight is cancelled, and
                     # whatever the cancelled batches did not finish goes to the fallback.
@@ -266,8 +298,10 @@ class _Run:
                 else:
                     submitted = await submit_shards(ledger, client, spec.name,
                                                     completion_window=spec.policy.completion_window,
-                                                    worker=worker, shard_dir=shard_dir)
+                                                    worker=worker, shard_dir=shard_dir,
+                                                    budget=self.budget)
                     created = submitted.created
+                    held_shards = submitted.held_by_budget
                     touched_uploads |= bool(submitted.uploaded or submitted.adopted_files)
                     self.skipped.update(submitted.notes)
                 polled = await poll_batches(ledger, client, spec.name, worker)
@@ -277,10 +311,20 @@ class _Run:
                     outputs=outputs, worker=worker,
                 )
                 reconciled.add(round_reconciled)
+                round_left = LeftoverReport()
+                if not late:
+                    round_left = await anyio.to_thread.run_sync(partial(
+                        rebatch_leftovers, ledger, spec, deadline_at, worker,
+                        batches_running=partial(self._batches_running, held_shards)))
+                    leftovers.add(round_left)
+                    self.leftover_route = round_left.route
+                    if round_left.rebatched and self.compile_waiting is None:
+                        await self._compile(only_shards=True)  # submitted next round
                 round_flexed = FlexReport(tier=flexed.tier)
                 if not flexed.daily_limit:  # stopped for today: the batches go on, flex waits
                     round_flexed = await finish_leftovers(ledger, client, spec, price,
-                                                          deadline_passed=late, worker=worker)
+                                                          deadline_passed=late, worker=worker,
+                                                          keep=round_left.keep_for_batch(spec))
                 flexed.add(round_flexed)
                 steps = count_steps(ledger, spec.name)
                 if on_progress := self.on_progress:
@@ -288,23 +332,34 @@ class _Run:
                                          steps, ledger.request_counts(spec.name),
                                          polled.statuses))
                 in_flight = sum(steps[step] for step in IN_FLIGHT_STEPS)
-                # Whether anything is left is asked of the open requests only (the status
-                # index), and only once no shard is in flight: a round costs what is still to
-                # do, not what the job holds (issue 12: O(work), not O(job)).
-                still_open = (ledger.open_request_counts(spec.name) if in_flight == 0
-                              else dict.fromkeys((s.value for s in OPEN_REQUESTS), -1))
-                open_requests = sum(still_open[status.value] for status in OPEN_REQUESTS)
-                if (in_flight == 0 and still_open[RequestStatus.PENDING.value]
-                        and self.compile_waiting is None):
+                # Shards the budget keeps compiled are not in flight: nothing moves them.
+                active = in_flight - steps[ShardStep.COMPILED.value]
+                # What is left is asked of the open requests only (the status index), and only
+                # once no shard is moving: a round costs what is still to do, not what the job
+                # holds (issue 12: O(work), not O(job)). While shards move, it is not needed.
+                still_open = ledger.open_request_counts(spec.name) if active == 0 else None
+                open_requests = (sum(still_open[status.value] for status in OPEN_REQUESTS)
+                                 if still_open is not None else -1)
+                pending = still_open[RequestStatus.PENDING.value] if still_open is not None else 0
+                sharded = len(self.compiled.shards)
+                if ((in_flight == 0 or (active == 0 and held_shards == steps[ShardStep.COMPILED.value]))
+                        and pending and self.compile_waiting is None):
                     # Rows recorded but not sharded: a compile cut short (or another job's,
-                    # for requests both share). Shard them now, under the lock; the next round
-                    # submits them.
+                    # for requests both share), leftovers to re-batch, or requests the budget
+                    # held back. Shard them now, under the lock; the next round submits them.
                     await self._compile(only_shards=True)
+                unsent = pending + (still_open[RequestStatus.QUEUED.value]
+                                    if still_open is not None else 0)
+                held = unsent if (
+                    self.budget is not None and active == 0 and unsent and open_requests == unsent
+                    and held_shards == steps[ShardStep.COMPILED.value]
+                    and len(self.compiled.shards) == sharded
+                    and (pending == 0 or self.compiled.budget_reached is not None)) else 0
                 finished = in_flight == 0 and open_requests == 0 and self.compile_waiting is None
                 if finished and touched_uploads:
                     swept = await sweep_orphan_uploads(ledger, client, spec.name, self.skipped)
                     touched_uploads = False
-                if (finished or not self.wait or flexed.budget_exhausted
+                if (finished or not self.wait or flexed.budget_exhausted or held
                         or (flexed.daily_limit and in_flight == 0)):
                     break
                 changed = bool(polled.changed or round_reconciled.shards or round_flexed.sent
@@ -331,9 +386,13 @@ class _Run:
             left_retryable=requests[RequestStatus.RETRYABLE.value],
             fallback=flexed.as_dict(),
             deadline=deadline.isoformat() if deadline is not None else None,
-            budget_exhausted=flexed.budget_exhausted,
+            budget_exhausted=flexed.budget_exhausted or (self._held_cap() if held else None),
             worker=worker.id,
             cost_known=price is not None,
+            budget_held=held,
+            leftovers={"rebatched": leftovers.rebatched, "to_flex": leftovers.to_flex,
+                       "mode": spec.policy.fallback.leftovers},
+            paths=cost_by_path(ledger, spec.name, price),
         )
         self._notes(summary, swept, flexed, in_flight, open_requests)
         if spec.evaluate is not None and summary.finished and is_settled(requests):
@@ -342,6 +401,27 @@ class _Run:
                 config_path=self.config_path))
             summary.evaluation = evaluation.as_dict()
         return summary
+
+    def _held_cap(self) -> str | None:
+        """The cap that holds requests back: the one the shard pass stopped at, else the one
+        the first compiled shard would pass."""
+        if self.compiled.budget_reached is not None or self.budget is None:
+            return self.compiled.budget_reached
+        shard = next((s for s in self.ledger.shards(self.spec.name)
+                      if s["step"] == ShardStep.COMPILED.value), None)
+        if shard is None:
+            return None
+        return self.budget.refusal(self.ledger, self.spec.name, shard["lines"], shard["bytes"])
+
+    def _batches_running(self, held_shards: int) -> int:
+        """Shards on their way, and requests waiting to be sharded (leftovers moved by a run
+        that died before sharding them): the batch path is still busy. What the budget holds
+        back is not running, so leftovers do not wait for it."""
+        steps = count_steps(self.ledger, self.spec.name)
+        running = sum(steps[step] for step in IN_FLIGHT_STEPS)
+        if held_shards or self.compiled.budget_reached:
+            return running - steps[ShardStep.COMPILED.value]
+        return running + self.ledger.request_counts(self.spec.name)[RequestStatus.PENDING.value]
 
     def _notes(self, summary: RunSummary, swept: int, flexed: FlexReport, in_flight: int,
                open_requests: int) -> None:
@@ -355,6 +435,14 @@ class _Run:
         if flexed.recovered_in_flight:
             notes.append(f"{flexed.recovered_in_flight} flex calls cut short by a stopped worker "
                          "were taken back (not counted as attempts)")
+        if summary.budget_held:
+            caps = ", ".join(f"{name} = {value}" for name, value in
+                             spec.policy.budget.model_dump(exclude={"expected_completion_tokens"}).items()
+                             if value is not None)
+            notes.append(
+                f"budget reached: {summary.budget_held} requests not sent; raise [policy.budget] "
+                f"({caps}) and run again to send them"
+            )
         if flexed.daily_limit:
             notes.append(daily_limit_note(flexed.daily_limit, summary.left_retryable))
         elif flexed.budget_exhausted:
@@ -363,11 +451,12 @@ class _Run:
                 "are left retryable; raise [policy.budget] and run again to finish them"
             )
         elif summary.left_retryable:
-            notes.append(
-                f"{summary.left_retryable} requests are left retryable "
-                + ("(the fallback is off)" if not spec.policy.fallback.enabled
+            why = ("(the fallback is off)" if not spec.policy.fallback.enabled
                    else "(their trigger is not in [policy.fallback].triggers)")
-            )
+            if self.leftover_route == "wait":
+                why = ("(leftovers waiting for the job's running batches, to be re-batched or "
+                       "sent to flex with theirs)")
+            notes.append(f"{summary.left_retryable} requests are left retryable {why}")
         if not summary.finished:
             if in_flight:
                 notes.append(f"{in_flight} shards still in flight: run again to continue")
@@ -380,3 +469,20 @@ class _Run:
             for who, held in sorted(others.items()):
                 what = ", ".join(f"{n} {kind}" for kind, n in sorted(held.items()))
                 notes.append(f"worker {who} holds {what}")
+
+
+def cost_by_path(ledger: Ledger, job: str, price: Price | None) -> dict[str, dict[str, Any]]:
+    """:meth:`state.Ledger.cost_by_path`, with what the re-batched requests would have cost on
+    flex and what re-batching them saved."""
+    paths = ledger.cost_by_path(job)
+    twice = ledger.extra_spend(job)
+    if twice["calls"]:  # paid for, taken by no request (a duplicate line, a late flex answer)
+        paths["answered_twice"] = {"requests": int(twice["calls"]), "succeeded": 0,
+                                   **{k: twice[k] for k in ("prompt_tokens", "completion_tokens",
+                                                            "cost_usd")}}
+    rebatched = paths.get("rebatched")
+    if rebatched is not None and price is not None:
+        flex = price.cost(rebatched["prompt_tokens"], rebatched["completion_tokens"], "flex")
+        rebatched["flex_equivalent_usd"] = flex
+        rebatched["saved_usd"] = flex - rebatched["cost_usd"]
+    return paths

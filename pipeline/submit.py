@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from jobs.budget import BatchBudget
 from jobs.requests import CHAT_ENDPOINT, batch_line
 from state import Ledger, ShardStep
 
@@ -57,19 +58,28 @@ class SubmitReport:
     adopted_batches: int = 0
     deferred: int = 0
     """Shards whose calls kept failing retryably; the next round tries them again."""
+    held_by_budget: int = 0
+    """Shards left compiled, not uploaded, because they would pass ``[policy.budget]``."""
+    held_lines: int = 0
+    """Their lines (requests not sent)."""
     notes: set[str] = field(default_factory=set)
     """Optional calls the server does not offer, skipped (for the run summary)."""
 
 
 async def submit_shards(ledger: Ledger, client: GroqClient, job: str, *, completion_window: str,
                         worker: Worker | None = None, shard_dir: Path | None = None,
-                        limit: int = CONCURRENT_SUBMISSIONS) -> SubmitReport:
+                        limit: int = CONCURRENT_SUBMISSIONS,
+                        budget: BatchBudget | None = None) -> SubmitReport:
     """Move every shard of ``job`` that is not yet submitted, and that no other worker holds,
     as far as it goes.
 
     ``limit`` shards at a time, each claimed (owner and lease) before anything remote is done
     for it and released when its step is recorded; other workers take the rest meanwhile.
     ``shard_dir`` is where a shard file compiled on another machine is rebuilt from the ledger.
+    With a ``budget``, a compiled shard is started (compiled → uploading) only if it fits what
+    the ledger says is left, weighed and moved in one transaction; one that does not stays
+    compiled, its requests unsent (:attr:`SubmitReport.held_by_budget`). A shard already past
+    that step is always finished: its batch may exist.
     """
     worker = worker or Worker.make()
     report = SubmitReport()
@@ -84,6 +94,15 @@ async def submit_shards(ledger: Ledger, client: GroqClient, job: str, *, complet
                 return
             shard = claimed[0]
             held.append(shard["key"])
+            if budget is not None and shard["step"] == ShardStep.COMPILED:
+                started = await anyio.to_thread.run_sync(
+                    ledger.begin_upload_within, shard["key"], job, worker.id,
+                    budget.fits(shard["lines"], shard["bytes"]))
+                if not started:  # held (and claimed until the stage ends, so not tried again)
+                    report.held_by_budget += 1
+                    report.held_lines += shard["lines"]
+                    continue
+                shard = {**shard, "step": ShardStep.UPLOADING.value, "fresh_upload": True}
             try:
                 await _submit_shard(ledger, client, job, shard, completion_window, report,
                                     worker, shard_dir)
@@ -143,7 +162,10 @@ async def _advance_shard(ledger: Ledger, client: GroqClient, job: str, shard: Ma
         move(ShardStep.COMPILED, ShardStep.UPLOADING)
         step = ShardStep.UPLOADING
     if step is ShardStep.UPLOADING:
-        remote = await _adopt_file(client, shard, report.notes) if shard["step"] == ShardStep.UPLOADING else None
+        # A shard found in uploading may have been uploaded by a run that died; one this
+        # worker just moved there (here, or under the budget's check) has not.
+        resumed = shard["step"] == ShardStep.UPLOADING and not shard.get("fresh_upload")
+        remote = await _adopt_file(client, shard, report.notes) if resumed else None
         if remote is not None:
             report.adopted_files += 1
             log.info("shard %s: adopted uploaded file %s", key, remote.id)

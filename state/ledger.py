@@ -27,7 +27,7 @@ import orjson
 from sqlalchemy import Connection, Update, bindparam, insert, select, update
 
 from pipeline.errors import LedgerError
-from state import claims, cleanup, exports, inputs, inspection, reports, retries
+from state import claims, cleanup, exports, inputs, inspection, reports, retries, spend
 from state import evaluations as scoring
 from state import results as reconcile
 from state import schema as t
@@ -373,7 +373,7 @@ class Ledger:
         return reconcile.record_results(self._db, results, worker=worker, run_id=self.run_id)
 
     def record_result_chunk(
-        self, results: Iterable[ResultRecord]
+        self, results: Iterable[ResultRecord], *, worker: str | None = None
     ) -> tuple[dict[str, RequestStatus], frozenset[str]]:
         """:meth:`record_results` for one chunk, in one transaction, saying what it found:
         the status each known custom_id had before (ids the ledger never sent are left out),
@@ -383,7 +383,7 @@ class Ledger:
         ``shard_key`` is set — is still in that line's shard. Reconcile uses the map to
         quarantine unknown ids and count duplicates, so the ids are looked up once per chunk.
         """
-        return reconcile.record_result_chunk(self._db, results, run_id=self.run_id)
+        return reconcile.record_result_chunk(self._db, results, worker=worker, run_id=self.run_id)
 
     def results_for(self, custom_ids: Iterable[str]) -> Iterator[StoredResult]:
         """The stored results of those of ``custom_ids`` that have one, chunk by chunk."""
@@ -533,6 +533,40 @@ class Ledger:
     def request_totals(self, job: str) -> dict[str, float]:
         """Tokens, cost (USD) and attempts summed over the job's requests, as paid so far."""
         return reports.request_totals(self._db, job)
+
+    def committed_shards(self, job: str) -> spend.Committed:
+        """Lines and bytes of the job's shards on their way (upload started, not reconciled),
+        which the request totals do not count yet (see :mod:`jobs.budget`)."""
+        return spend.committed_shards(self._db, job)
+
+    def spend_totals(self, job: str) -> dict[str, float]:
+        """:meth:`request_totals` plus the answers paid for that no request took (a duplicate
+        batch line, a late fallback answer): what the budget counts, every call made."""
+        return spend.spend_totals(self._db, job)
+
+    def record_extra_spend(self, items: Iterable[spend.ExtraSpend]) -> int:
+        """Record answers paid for that no request took; one with an ``origin`` already
+        recorded (a file read again) adds nothing. Returns how many were new."""
+        return spend.record_extra_spend(self._db, items)
+
+    def extra_spend(self, job: str) -> dict[str, float]:
+        """Calls, tokens and cost of the job's answers that arrived twice."""
+        return spend.extra_spend(self._db, job)
+
+    def begin_upload_within(
+        self, key: str, job: str, worker: str,
+        fits: Callable[[dict[str, float], spend.Committed], bool],
+    ) -> bool:
+        """Move a shard ``worker`` holds compiled → uploading if ``fits(totals, committed)``
+        says the budget allows it, weighed and moved in one transaction (one such decision per
+        job at a time, whichever worker makes it). False: not moved."""
+        return spend.begin_upload_within(self._db, key, job, worker, fits)
+
+    def cost_by_path(self, job: str) -> dict[str, dict[str, Any]]:
+        """Requests, tokens and cost of the job by the path that (last) sent them: ``batch``,
+        ``rebatched`` (answered by a batch after an earlier one left them), ``flex`` (or the
+        fallback's tier), ``unsent``."""
+        return spend.cost_by_path(self._db, job)
 
     def runs(self, job: str, limit: int = 20) -> list[dict[str, Any]]:
         """The job's latest runs, newest first, as column → value (``summary_json`` as text)."""

@@ -45,6 +45,7 @@ __all__ = [
     "ensure_schema",
     "evaluations",
     "exports",
+    "extra_spend",
     "jobs",
     "leases",
     "meta",
@@ -209,6 +210,27 @@ result_history = Table(
     Column("run_id", Integer, nullable=True),
     Column("replaced_at", Float, nullable=False),
     Index("ix_result_history_custom_id", "custom_id"),
+)
+
+#: Answers paid for that no request took: a batch output line repeating one already read in
+#: that file, a fallback answer that arrived after its call was given up (its worker's claim
+#: ran out and another call answered). They count against the budget ("every call made
+#: counts"), never as a request's answer. ``origin`` (``<file_id>:<line>`` for a batch line)
+#: makes reading a file again add nothing. Created in any ledger that lacks it (additive).
+extra_spend = Table(
+    "extra_spend",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job", String, nullable=False),
+    Column("custom_id", String, nullable=False),
+    Column("source", String, nullable=False),  # ResultSource
+    Column("origin", String, nullable=True),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("cost_usd", Float, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Index("ux_extra_spend_origin", "origin", unique=True),
+    Index("ix_extra_spend_job", "job"),
 )
 
 #: Named locks with an owner and a lease: ``compile:<job>`` lets one worker compile a job at a

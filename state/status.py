@@ -29,7 +29,8 @@ __all__ = [
 class RequestStatus(enum.StrEnum):
     """Where one request (one ``custom_id``) stands."""
 
-    # Compiled into the ledger, not yet written to any shard file.
+    # Compiled into the ledger, not yet written to any shard file (or a batch's leftover, to be
+    # written into a new one; or held back by the budget).
     PENDING = "pending"
     # Written into a compiled shard file (``shard_key`` set); the batch is not created yet.
     QUEUED = "queued"
@@ -115,6 +116,7 @@ REQUEST_MOVES: frozenset[tuple[RequestStatus, RequestStatus]] = frozenset(
         (_R.PENDING, _R.RETRYABLE),  # mode = "sync": straight to the synchronous path
         (_R.QUEUED, _R.RETRYABLE),  # the deadline passed before its shard was submitted
         (_R.RETRYABLE, _R.FAILED),  # its attempts are spent; the last error is kept
+        (_R.RETRYABLE, _R.PENDING),  # a batch's leftovers, to be compiled into a new batch
     }
 )
 

@@ -61,8 +61,10 @@ def write_job(directory: Path, *, name: str = "life", rows: int = 20, shard_line
         lines.append('images = ["{{ photo }}"]')
     lines += ["[policy]", f"max_lines_per_shard = {shard_lines}"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in {**FAST_POLICY, **(policy or {})}.items()]
-    # The batch path alone: what it leaves undone stays retryable in the ledger, to be seen.
-    lines += ["[policy.fallback]", f"enabled = {'true' if fallback else 'false'}"]
+    # The batch path alone: what it leaves undone stays retryable in the ledger, to be seen
+    # (not re-batched either: leftovers = "flex", with the fallback off, leaves it be).
+    lines += ["[policy.fallback]", f"enabled = {'true' if fallback else 'false'}",
+              'leftovers = "flex"']
     local = dict(local or {})
     if scenario is not None:
         (directory / "scenario.json").write_text(scenario.model_dump_json())

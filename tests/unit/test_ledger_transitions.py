@@ -74,6 +74,7 @@ def test_the_move_table_is_the_documented_one() -> None:
         ("pending", "retryable"),
         ("queued", "retryable"),
         ("retryable", "failed"),
+        ("retryable", "pending"),
     }
 
 
