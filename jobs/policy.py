@@ -142,8 +142,15 @@ class BudgetSpec(_Table):
 class PolicySpec(_Table):
     """``[policy]``: windows, shard sizes, polling, deadline, fallback and budget."""
 
-    completion_window: str = "24h"
-    """The batch window, ``24h`` to ``7d`` (written in hours ``"48h"`` or days ``"3d"``)."""
+    completion_window: str = Field(
+        default="24h",
+        description="The batch window, `24h` to `7d` (written in hours `\"48h\"` or days "
+        "`\"3d\"`), or `\"auto\"`: with a `deadline`, the longest window that ends before the "
+        "deadline less the time the fallback needs for the job's open requests (see "
+        "`fallback_reserve`); without a deadline, 24h.",
+    )
+    """The batch window, ``24h`` to ``7d`` (written in hours ``"48h"`` or days ``"3d"``), or
+    ``"auto"`` (see :mod:`jobs.window`)."""
     max_lines_per_shard: int = Field(default=BATCH_MAX_LINES, ge=1, le=BATCH_MAX_LINES)
     """Lines per batch file, at most 50,000."""
     max_bytes_per_shard: int = Field(default=DEFAULT_SHARD_BYTES, ge=1024, le=BATCH_MAX_BYTES)
@@ -166,6 +173,15 @@ class PolicySpec(_Table):
     ``json_validate_failed``): 0 fails the request with ``invalid_output: <reason>``; N sends it
     again through the fallback while it has made at most N attempts in all (so at most N
     retries), within ``[policy.fallback].max_attempts``."""
+    fallback_reserve: timedelta | None = Field(
+        default=None,
+        description="With `completion_window = \"auto\"`: how long the fallback needs to finish "
+        "what a batch leaves undone (`\"6h\"`); the window chosen ends at least this long "
+        "before the `deadline`. Default: the job's open requests at the flex pace seen in "
+        "earlier runs (else at 1 request/s).",
+    )
+    """With ``completion_window = "auto"``: the time kept free before the deadline for the
+    fallback. Default: the open requests at the flex pace seen so far (see :mod:`jobs.window`)."""
     fallback: FallbackSpec = FallbackSpec()
     budget: BudgetSpec = BudgetSpec()
 
@@ -173,8 +189,12 @@ class PolicySpec(_Table):
     @classmethod
     def _window(cls, value: str) -> str:
         text = value.strip().lower()
+        if text == "auto":
+            return text
         if not re.fullmatch(r"\d+[hd]", text):
-            raise ValueError(f"{value!r} is not a window; write hours or days, e.g. '24h' or '7d'")
+            raise ValueError(
+                f"{value!r} is not a window; write hours or days, e.g. '24h' or '7d', or 'auto'"
+            )
         hours = int(text[:-1]) * (24 if text.endswith("d") else 1)
         if not 24 <= hours <= 168:
             raise ValueError(f"{value!r} is outside the supported range 24h to 7d")
@@ -199,6 +219,18 @@ class PolicySpec(_Table):
                 ) from None
         return value
 
+    @field_validator("fallback_reserve", mode="before")
+    @classmethod
+    def _reserve(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("fallback_reserve", mode="after")
+    @classmethod
+    def _reserve_positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value.total_seconds() < 0:
+            raise ValueError("fallback_reserve must not be negative")
+        return value
+
     @field_validator("deadline", mode="after")
     @classmethod
     def _aware(cls, value: timedelta | datetime | None) -> timedelta | datetime | None:
@@ -219,8 +251,10 @@ class PolicySpec(_Table):
         return self
 
     @property
-    def completion_window_s(self) -> int:
-        """The window in seconds."""
+    def completion_window_s(self) -> int | None:
+        """The window in seconds; None for ``"auto"`` (chosen when batches are created)."""
+        if self.completion_window == "auto":
+            return None
         hours = int(self.completion_window[:-1])
         return hours * (86400 if self.completion_window.endswith("d") else 3600)
 
