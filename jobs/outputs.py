@@ -136,7 +136,7 @@ class OutputValidator:
     @classmethod
     def for_job(cls, spec: JobSpec) -> OutputValidator | None:
         """The validator of ``spec``'s output schema; None when answers are free text."""
-        fmt = spec.prompt.response_format
+        fmt = spec.prompt_spec.response_format
         retries = spec.policy.retry_invalid_output
         if isinstance(fmt, JsonObjectFormat):
             return cls("json_object", retries=retries)

@@ -19,8 +19,11 @@ import os
 import tempfile
 import tomllib
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from jobs.compile import (
     CompileReport,
@@ -33,6 +36,7 @@ from jobs.load import spec_hash, spec_json
 from jobs.requests import RequestBuilder, batch_line
 from jobs.shards import ShardSizer
 from jobs.spec import JobSpec
+from jobs.window import choose_window, flex_pace
 from pipeline.errors import ConfigError
 from state import Ledger
 
@@ -129,9 +133,32 @@ class PlanReport:
     rejections: list[dict[str, Any]] = field(default_factory=list)
     """The first rejected rows: ``row_key``, ``row_index``, ``reason``."""
     warnings: list[str] = field(default_factory=list)
+    completion_window: str | None = None
+    """The batch window a run would create batches with now (``auto``: chosen, see
+    :mod:`jobs.window`)."""
+    window_reason: str | None = None
+    """Why that window."""
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    """A job with ``[[steps]]``: each step's plan (:class:`jobs.plan_steps.StepPlan`); the
+    other fields are the first step's, the costs summed over the steps."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def plan_window(spec: JobSpec, ledger: Ledger | None, requests: int,
+                now: datetime | None = None) -> tuple[str, str]:
+    """The window a run would choose now, and why: a duration deadline counts from the job's
+    first run (the ledger's record of it; now, if it never ran), and the flex pace is the one
+    its earlier runs saw."""
+    now = now or datetime.now(UTC)
+    created = ledger.job_created_at(spec.name) if ledger is not None else None
+    first_run = datetime.fromtimestamp(created, tz=UTC) if created else now
+    summaries = ([orjson.loads(run["summary_json"]) for run in ledger.runs(spec.name)
+                  if run["summary_json"]] if ledger is not None else [])
+    choice = choose_window(spec.policy, now=now, deadline=spec.policy.deadline_at(first_run),
+                           requests=requests, pace_rps=flex_pace(summaries))
+    return choice.window, choice.reason
 
 
 def plan_job(
@@ -186,6 +213,8 @@ def plan_job(
     report.new_requests = report.to_send
     plan = _price(spec, report, table)
     plan.rejections = rejections
+    plan.completion_window, plan.window_reason = plan_window(spec, ledger_for_answers,
+                                                             report.to_send)
     if report.duplicate_rows:
         kept = spec.input.on_duplicate_id
         plan.warnings.append(

@@ -151,8 +151,8 @@ class RequestBuilder:
         self.endpoint = CHAT_ENDPOINT
         self.salt = salt
         self.max_line_bytes = max_line_bytes or spec.policy.max_bytes_per_shard
-        self._templates = PromptTemplates.from_spec(spec.prompt)
-        self._params = spec.prompt.request_params(spec.base_dir)
+        self._templates = PromptTemplates.from_spec(spec.prompt_spec)
+        self._params = spec.prompt_spec.request_params(spec.base_dir)
 
     def body(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The request body for ``row``; raises :class:`RowRejected`."""

@@ -47,6 +47,7 @@ from pydantic import (
 from jobs.evaluate import EvaluateSpec
 from jobs.policy import PolicySpec, field_error
 from jobs.prompt import PromptSpec
+from pipeline.errors import ConfigError
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -55,6 +56,8 @@ __all__ = [
     "JobSpec",
     "LocalServerSpec",
     "OutputSpec",
+    "StepSpec",
+    "row_matches",
 ]
 
 DEFAULT_BASE_URL = "https://api.groq.com"
@@ -82,6 +85,19 @@ def _format_for(path: str, given: str | None, what: str) -> str:
 
 class _Table(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def row_matches(where: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
+    """Whether ``row`` passes ``where``: each column equals its value (a list means "any of");
+    plain equality, no expressions are evaluated."""
+    for column, wanted in where.items():
+        value = row.get(column)
+        if isinstance(wanted, list):
+            if value not in wanted:
+                return False
+        elif value != wanted:
+            return False
+    return True
 
 
 class InputSpec(_Table):
@@ -162,6 +178,44 @@ class LocalServerSpec(_Table):
     """Where the in-process server keeps its state. Default ``<workdir>/local-server``."""
 
 
+class StepSpec(_Table):
+    """``[[steps]]``: one step of a multi-step job — a job of its own whose input rows are the
+    previous step's results (see :mod:`jobs.steps`)."""
+
+    name: Slug = Field(description="The step's name (lowercase letters, digits, `-`, `_`), "
+                       "unique in the job: `export --step NAME` and `status` use it.")
+    description: str | None = Field(default=None, description="Free text for people.")
+    model: ModelId | None = Field(default=None, description="This step's model; default: the "
+                                  "job's `model` (or `adapter`).")
+    adapter: str | None = Field(default=None, description="An uploaded LoRA adapter's name for "
+                                "this step, instead of `model`.")
+    prompt: PromptSpec = Field(description="`[steps.prompt]`: this step's messages and "
+                               "parameters, templates over its input row (see `[prompt]`).")
+    where: dict[str, Scalar | list[Scalar]] = Field(
+        default={},
+        description="Keep only the previous step's results whose columns (input columns, "
+        "parsed fields, `answer`) equal these values; a list means \"any of\". Not on the "
+        "first step: filter the input with `[input].where`.",
+    )
+    policy: PolicySpec | None = Field(
+        default=None,
+        description="`[steps.policy]`: the keys set here replace the job's `[policy]` keys for "
+        "this step (a sub-table such as `[steps.policy.fallback]` replaces that whole table); "
+        "the others are inherited.",
+    )
+    output: OutputSpec | None = Field(
+        default=None,
+        description="`[steps.output]`: where `export --step NAME` writes this step. Default: "
+        "the job's `[output]` for the last step, `<output>.<step><suffix>` for the others.",
+    )
+
+    @model_validator(mode="after")
+    def _one_model(self) -> StepSpec:
+        if self.model is not None and self.adapter is not None:
+            raise field_error("adapter", "set model or adapter, not both")
+        return self
+
+
 class JobSpec(_Table):
     """A whole job: what to read, what to ask, how to run it, where to write."""
 
@@ -189,7 +243,14 @@ class JobSpec(_Table):
     adapter: str | None = None
     """The name of an uploaded LoRA adapter, looked up in the ledger. Instead of ``model``."""
     input: InputSpec
-    prompt: PromptSpec
+    prompt: PromptSpec | None = None
+    """``[prompt]``: the messages of each request. A job with ``[[steps]]`` has none: each
+    step has its own."""
+    steps: tuple[StepSpec, ...] = Field(
+        default=(),
+        description="`[[steps]]`: a multi-step job — each step a job of its own whose input is "
+        "the previous step's results (the first step's is `[input]`). Instead of `[prompt]`.",
+    )
     policy: PolicySpec = PolicySpec()
     output: OutputSpec = OutputSpec()
     local: LocalServerSpec = LocalServerSpec()
@@ -226,6 +287,38 @@ class JobSpec(_Table):
         if value is not None and not value.strip():
             raise ValueError("adapter must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _prompt_or_steps(self) -> JobSpec:
+        if not self.steps:
+            if self.prompt is None:
+                raise field_error("prompt", "a job needs a [prompt] table (or [[steps]], each "
+                                  "with its own [steps.prompt])")
+            return self
+        if self.prompt is not None:
+            raise field_error("prompt", "a job with [[steps]] has no top-level [prompt]: each "
+                              "step has its own [steps.prompt]")
+        if self.evaluate is not None:
+            raise field_error("evaluate", "[evaluate] is not supported with [[steps]]")
+        seen: set[str] = set()
+        for step in self.steps:
+            if step.name in seen:
+                raise field_error("steps", f"two steps are named {step.name!r}; step names "
+                                  "must be unique")
+            seen.add(step.name)
+        if self.steps[0].where:
+            raise field_error("steps", f"the first step ({self.steps[0].name!r}) reads [input]: "
+                              "filter it with [input].where, not steps.where")
+        return self
+
+    @property
+    def prompt_spec(self) -> PromptSpec:
+        """The job's ``[prompt]``; a job with ``[[steps]]`` has one per step instead (compile
+        each step's own spec, :func:`jobs.steps.job_steps`)."""
+        if self.prompt is None:
+            raise ConfigError(f"job {self.name!r} has [[steps]]: each step has its own prompt",
+                              field="prompt")
+        return self.prompt
 
     @model_validator(mode="after")
     def _one_model(self) -> JobSpec:

@@ -51,8 +51,22 @@ def print_plan(plan: PlanReport) -> None:
         table.add_row("estimated cost (batch, 50% off)", f"${plan.cost_batch_usd:,.4f}")
         table.add_row("same on demand", f"${plan.cost_on_demand_usd or 0:,.4f}")
     console.print(table)
+    if plan.steps:
+        steps = Table(title="steps (later steps: from the answers in the ledger now)")
+        for column in ("step", "model", "rows", "become requests", "answered", "to send",
+                       "waiting upstream", "est. cost (batch)", "window"):
+            steps.add_column(column, justify="left" if column in ("step", "model") else "right")
+        for step in plan.steps:
+            cost = step["cost_batch_usd"]
+            steps.add_row(step["name"], step["model"], f"{step['rows']:,}", f"{step['kept']:,}",
+                          f"{step['already_answered']:,}", f"{step['to_send']:,}",
+                          f"{step['waiting']:,}", "—" if cost is None else f"${cost:,.4f}",
+                          step["completion_window"] or "—")
+        console.print(steps)
     for rejection in plan.rejections:
         console.print(f"rejected row {rejection['row_key']} (#{rejection['row_index']}): {rejection['reason']}")
+    if plan.completion_window is not None:
+        console.print(f"completion window: {plan.completion_window} ({plan.window_reason})")
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
 

@@ -10,6 +10,7 @@ starts, so running again at any time — after a finished run, a ``--no-wait`` e
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,16 +19,28 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 
-from jobs import CompileReport, JobSpec, compile_job, load_prices, price_for, spec_hash, spec_json
+from jobs import (
+    CompileReport,
+    JobSpec,
+    RequestBuilder,
+    compile_job,
+    load_prices,
+    price_for,
+    spec_hash,
+    spec_json,
+)
 from jobs.compile import shard_pending
 from jobs.outputs import OutputValidator
 from jobs.plan import refuse_unpriced_budget, unpriced
+from jobs.steps import Step, feed_step, job_steps
+from jobs.window import WindowChoice, choose_window, flex_pace
 from state import Ledger, RequestStatus, ShardStep
 
 from .backend import describe_backend, open_client
 from .cancel import cancel_in_flight
-from .deadline import deadline_passed, drop_unsubmitted, job_deadline
+from .deadline import deadline_passed, drop_unsubmitted
 from .evaluate import check_run_identity, evaluate_run, is_settled, run_identity
 from .flex import FlexReport, finish_leftovers
 from .planning import resolve_model
@@ -100,6 +113,11 @@ class RunSummary:
     """This worker's id (``host:pid`` unless ``--worker-id`` named it)."""
     cost_known: bool = True
     """False when the model has no price in ``configs/prices.toml``: ``cost_usd`` counts nothing."""
+    completion_window: str | None = None
+    """The window the last batches were created with (``auto``: as chosen, see the notes)."""
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """A job with ``[[steps]]``: per step, its rows and its requests by status (the other
+    counts are the steps' sums)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,14 +147,19 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
     with Ledger.open(spec.ledger_target) as ledger:
         # An unknown or deleted adapter fails here, before anything is recorded or spent.
         model = resolve_model(spec, ledger, config=config_path)
-        refuse_unpriced_budget(spec, model, config_path=config_path)  # before anything is spent
+        models = {step.job: resolve_model(step.spec, ledger, config=config_path)
+                  for step in job_steps(spec)}
+        for step in job_steps(spec):  # before anything is spent
+            refuse_unpriced_budget(step.spec, models[step.job], config_path=config_path)
         ledger.record_job(spec.name, spec_hash(spec), spec_json(spec))
+        for step in job_steps(spec) if spec.steps else ():
+            ledger.record_job(step.job, spec_hash(step.spec), spec_json(step.spec))
         run_id = ledger.start_run(spec.name, spec.backend, run_name)
         register(ledger, worker, spec.name, run_id)
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(keep_alive, ledger, worker)
-                summary = await _Run(spec, ledger, worker, run_id, model, started,
+                summary = await _Run(spec, ledger, worker, run_id, model, started, models,
                                      wait=wait, refresh=refresh, run_name=run_name,
                                      config_path=config_path, on_progress=on_progress).go()
                 group.cancel_scope.cancel()
@@ -156,6 +179,25 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
 OPEN_REQUESTS = (RequestStatus.PENDING, RequestStatus.QUEUED, RequestStatus.SUBMITTED,
                  RequestStatus.IN_FLIGHT)
 """A job with a request in one of these is not finished, whichever worker holds it."""
+OPEN_STATUSES = (*(status.value for status in OPEN_REQUESTS), RequestStatus.RETRYABLE.value)
+"""Requests the fallback may yet have to finish (what ``completion_window = "auto"`` counts)."""
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for count in counts:
+        for key, value in count.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def _summed_totals(totals: list[dict[str, float]]) -> dict[str, float]:
+    """Tokens, cost and attempts over the steps (ints stay ints)."""
+    total: dict[str, float] = {}
+    for each in totals:
+        for key, value in each.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def compile_lock(job: str) -> str:
@@ -179,15 +221,28 @@ class _Run:
     reconcile and fallback until every request of the job is settled."""
 
     def __init__(self, spec: JobSpec, ledger: Ledger, worker: Worker, run_id: int, model: str,
-                 started: float, *, wait: bool, refresh: bool, run_name: str | None,
-                 config_path: str | Path | None,
+                 started: float, models: dict[str, str], *, wait: bool, refresh: bool,
+                 run_name: str | None, config_path: str | Path | None,
                  on_progress: Callable[[Progress], None] | None) -> None:
         self.spec, self.ledger, self.worker, self.run_id = spec, ledger, worker, run_id
         self.model, self.started, self.wait, self.refresh = model, started, wait, refresh
         self.run_name, self.config_path, self.on_progress = run_name, config_path, on_progress
+        self.steps: list[Step] = job_steps(spec)
+        """The job's steps (a job without ``[[steps]]`` is one: itself)."""
+        self.models = models
+        """Each step's job → the model its requests go to."""
         # cache = false: every run asks afresh, under ids salted with the run's identity.
         self.salt = None if spec.policy.cache else run_identity(run_id=run_id, run_name=run_name)
-        self.fingerprint = compile_fingerprint(spec, model, self.salt)
+        self.salts = {step.job: None if step.spec.policy.cache
+                      else run_identity(run_id=run_id, run_name=run_name) for step in self.steps}
+        self.fingerprint = compile_fingerprint(spec, "|".join(models.values()), self.salt)
+        self.builders: dict[str, RequestBuilder] = {}
+        """Later steps' request builders (templates compiled once a run)."""
+        created = ledger.job_created_at(spec.name)
+        self.first_run_at = (dt.datetime.fromtimestamp(created, tz=dt.UTC) if created
+                             else dt.datetime.now(dt.UTC))
+        self.window: WindowChoice | None = None
+        """The last completion window chosen (``auto``)."""
         self.compiled = CompileReport(job=spec.name, model=model)
         self.compile_waiting: str | None = None
         """The worker whose compile this one is waiting for, if any."""
@@ -206,11 +261,19 @@ class _Run:
         done: str | None = None  # recorded only for a whole compile that finished
         try:
             if only_shards:
-                await anyio.to_thread.run_sync(partial(shard_pending, spec, ledger, self.compiled))
+                for step in self.steps:
+                    await anyio.to_thread.run_sync(partial(shard_pending, step.spec, ledger,
+                                                           self.compiled))
             else:
+                first = self.steps[0]
                 self.compiled = await anyio.to_thread.run_sync(partial(
-                    compile_job, spec, ledger, refresh=self.refresh, model=self.model,
-                    salt=self.salt))
+                    compile_job, first.spec, ledger, refresh=self.refresh,
+                    model=self.models[first.job], salt=self.salts[first.job],
+                    keep_data=len(self.steps) > 1))
+                # Later steps: every answered row passed on again (the config or the input
+                # may have changed since the last run), each step sharded as it is fed.
+                for step in self.steps[1:]:
+                    await anyio.to_thread.run_sync(partial(self._feed, step, reset=True))
                 done = self.fingerprint
         finally:
             with anyio.CancelScope(shield=True):
@@ -218,6 +281,59 @@ class _Run:
                     ledger.unlock, compile_lock(spec.name), worker.id, done=done))
         self.compile_waiting = None
         return True
+
+    def _feed(self, step: Step, *, reset: bool = False) -> None:
+        """Pass the previous step's newly answered rows on into ``step`` and shard them."""
+        builder = self.builders.get(step.job)
+        if builder is None:
+            builder = self.builders[step.job] = RequestBuilder(
+                step.spec, model=self.models[step.job], salt=self.salts[step.job])
+        feed_step(step, self.ledger, builder, reset=reset)
+        shard_pending(step.spec, self.ledger, CompileReport(job=step.job, model=builder.model))
+
+    async def _advance_steps(self) -> None:
+        """Feed every later step what its previous step answered so far, under the job's
+        compile lock (another worker holding it is feeding or compiling: it is waited for)."""
+        if len(self.steps) == 1 or self.compile_waiting is not None:
+            return
+        spec, ledger, worker = self.spec, self.ledger, self.worker
+        taken, holder, _done = await anyio.to_thread.run_sync(partial(
+            ledger.lock, compile_lock(spec.name), spec.name, worker.id, lease_s=worker.lease_s))
+        if not taken:
+            self.compile_waiting = holder
+            return
+        try:
+            for step in self.steps[1:]:
+                await anyio.to_thread.run_sync(self._feed, step)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(partial(ledger.unlock, compile_lock(spec.name),
+                                                       worker.id))
+
+    def _deadline(self, step: Step) -> dt.datetime | None:
+        """When ``step``'s deadline falls (counted from the job's first run), if it has one and
+        its fallback acts on it."""
+        policy = step.spec.policy
+        if (policy.deadline is None or not policy.fallback.enabled
+                or "deadline" not in policy.fallback.triggers):
+            return None
+        return policy.deadline_at(self.first_run_at)
+
+    def _completion_window(self, step: Step, flexed: FlexReport) -> str:
+        """The window for ``step``'s batches created now: as configured, or (``auto``) the
+        longest that leaves the fallback time for its open requests (:mod:`jobs.window`)."""
+        policy = step.spec.policy
+        if policy.completion_window != "auto":
+            return policy.completion_window
+        counts = self.ledger.request_counts(step.job)
+        open_requests = sum(counts[status] for status in OPEN_STATUSES)
+        summaries = [orjson.loads(run["summary_json"]) for run in self.ledger.runs(self.spec.name)
+                     if run["summary_json"]]
+        summaries.append({"fallback": {"sent": flexed.sent, "elapsed_s": flexed.elapsed_s}})
+        self.window = choose_window(policy, now=dt.datetime.now(dt.UTC),
+                                    deadline=policy.deadline_at(self.first_run_at),
+                                    requests=open_requests, pace_rps=flex_pace(summaries))
+        return self.window.window
 
     async def _catch_up_compile(self) -> None:
         """While another worker compiles, wait; once it is done, compile only if what it
@@ -234,11 +350,14 @@ class _Run:
         spec, ledger, worker = self.spec, self.ledger, self.worker
         await anyio.to_thread.run_sync(reap_dead_local_workers, ledger, worker, spec.name)
         await self._compile()
-        price = price_for(self.model, load_prices())
-        outputs = OutputValidator.for_job(spec)  # one rule for batch lines and flex answers
+        prices = load_prices()
+        step_prices = {step.job: price_for(self.models[step.job], prices) for step in self.steps}
+        # One rule for batch lines and flex answers, per step.
+        outputs = {step.job: OutputValidator.for_job(step.spec) for step in self.steps}
         reconciled = ReconcileReport()
         flexed = FlexReport(tier=spec.policy.fallback.service_tier)
-        deadline = job_deadline(spec, ledger)
+        deadlines = {step.job: self._deadline(step) for step in self.steps}
+        deadline = deadlines[self.steps[0].job]
         interval = PollInterval(spec.policy.poll_interval_min_s, spec.policy.poll_interval_max_s)
         rounds = poll_calls = swept = 0
         touched_uploads = False  # strays can only exist if this run uploaded or adopted a file
@@ -249,41 +368,56 @@ class _Run:
                 await anyio.to_thread.run_sync(reap_dead_local_workers, ledger, worker, spec.name)
                 if self.compile_waiting is not None:
                     await self._catch_up_compile()
-                late = deadline_passed(deadline)
                 created = 0
-                if late:
-                    # Nothing new goes to the batch path; what is in flight is cancelled, and
-                    # whatever the cancelled batches did not finish goes to the fallback.
-                    drop_unsubmitted(ledger, spec.name, worker)
-                    # What is left unsubmitted is a shard caught in ``submitting`` by a crash:
-                    # its batch may exist. Resolve it (adopt, else create) so it can be cancelled.
-                    resolved = await submit_shards(ledger, client, spec.name,
-                                                   completion_window=spec.policy.completion_window,
-                                                   worker=worker, shard_dir=shard_dir)
-                    created = resolved.created
-                    await cancel_in_flight(ledger, client, spec.name)
-                else:
-                    submitted = await submit_shards(ledger, client, spec.name,
-                                                    completion_window=spec.policy.completion_window,
-                                                    worker=worker, shard_dir=shard_dir)
-                    created = submitted.created
-                    touched_uploads |= bool(submitted.uploaded or submitted.adopted_files)
-                    self.skipped.update(submitted.notes)
-                polled = await poll_batches(ledger, client, spec.name, worker)
-                poll_calls += polled.calls
-                round_reconciled = await reconcile_shards(
-                    ledger, client, spec.name, spec.workdir_path / "downloads", price,
-                    outputs=outputs, worker=worker,
-                )
-                reconciled.add(round_reconciled)
-                round_flexed = await finish_leftovers(ledger, client, spec, price,
-                                                      deadline_passed=late, worker=worker)
-                flexed.add(round_flexed)
-                steps = count_steps(ledger, spec.name)
-                requests = ledger.request_counts(spec.name)
+                changed = False
+                statuses: dict[str, int] = {}
+                for step in self.steps:
+                    job = step.job
+                    late = deadline_passed(deadlines[job])
+                    window = self._completion_window(step, flexed)
+                    if late:
+                        # Nothing new goes to the batch path; what is in flight is cancelled,
+                        # and whatever the cancelled batches did not finish goes to the fallback.
+                        drop_unsubmitted(ledger, job, worker)
+                        # What is left unsubmitted is a shard caught in ``submitting`` by a
+                        # crash: its batch may exist. Resolve it (adopt, else create) so it can
+                        # be cancelled.
+                        resolved = await submit_shards(ledger, client, job,
+                                                       completion_window=window,
+                                                       worker=worker, shard_dir=shard_dir)
+                        created += resolved.created
+                        await cancel_in_flight(ledger, client, job)
+                    else:
+                        submitted = await submit_shards(ledger, client, job,
+                                                        completion_window=window,
+                                                        worker=worker, shard_dir=shard_dir)
+                        created += submitted.created
+                        touched_uploads |= bool(submitted.uploaded or submitted.adopted_files)
+                        self.skipped.update(submitted.notes)
+                    polled = await poll_batches(ledger, client, job, worker)
+                    poll_calls += polled.calls
+                    for status, n in polled.statuses.items():
+                        statuses[status] = statuses.get(status, 0) + n
+                    round_reconciled = await reconcile_shards(
+                        ledger, client, job, spec.workdir_path / "downloads", step_prices[job],
+                        outputs=outputs[job], worker=worker,
+                    )
+                    reconciled.add(round_reconciled)
+                    round_flexed = await finish_leftovers(ledger, client, step.spec,
+                                                          step_prices[job], deadline_passed=late,
+                                                          worker=worker)
+                    flexed.add(round_flexed)
+                    changed |= bool(polled.changed or round_reconciled.shards
+                                    or round_flexed.sent)
+                # Later steps take what their previous steps answered this round.
+                await self._advance_steps()
+                step_counts = {step.job: count_steps(ledger, step.job) for step in self.steps}
+                step_requests = {step.job: ledger.request_counts(step.job) for step in self.steps}
+                steps = _summed(list(step_counts.values()))
+                requests = _summed(list(step_requests.values()))
                 if on_progress := self.on_progress:
                     on_progress(Progress(spec.name, rounds, time.monotonic() - self.started,
-                                         steps, requests, polled.statuses))
+                                         steps, requests, statuses))
                 in_flight = sum(steps[step] for step in IN_FLIGHT_STEPS)
                 open_requests = sum(requests[status.value] for status in OPEN_REQUESTS)
                 if (in_flight == 0 and requests[RequestStatus.PENDING.value]
@@ -294,28 +428,28 @@ class _Run:
                     await self._compile(only_shards=True)
                 finished = in_flight == 0 and open_requests == 0 and self.compile_waiting is None
                 if finished and touched_uploads:
-                    swept = await sweep_orphan_uploads(ledger, client, spec.name, self.skipped)
+                    for step in self.steps:
+                        swept += await sweep_orphan_uploads(ledger, client, step.job,
+                                                            self.skipped)
                     touched_uploads = False
                 if finished or not self.wait or flexed.budget_exhausted:
                     break
-                changed = bool(polled.changed or round_reconciled.shards or round_flexed.sent
-                               or created)
-                await anyio.sleep(interval.next(changed=changed))
+                await anyio.sleep(interval.next(changed=changed or bool(created)))
         summary = RunSummary(
             job=spec.name,
             run_id=self.run_id,
             backend=describe_backend(spec),
             model=self.model,
             ledger=ledger.url,
-            output=str(spec.output_path),
+            output=str(self.steps[-1].spec.output_path),
             finished=finished,
             elapsed_s=round(time.monotonic() - self.started, 3),
             compile=self.compiled.as_dict(),
             requests=requests,
             shards=steps,
-            rows=ledger.row_counts(spec.name),
+            rows=ledger.row_counts(self.steps[0].job),
             reconciled=asdict(reconciled),
-            totals=ledger.request_totals(spec.name),
+            totals=_summed_totals([ledger.request_totals(step.job) for step in self.steps]),
             rounds=rounds,
             poll_calls=poll_calls,
             left_retryable=requests[RequestStatus.RETRYABLE.value],
@@ -323,7 +457,11 @@ class _Run:
             deadline=deadline.isoformat() if deadline is not None else None,
             budget_exhausted=flexed.budget_exhausted,
             worker=worker.id,
-            cost_known=price is not None,
+            cost_known=all(p is not None for p in step_prices.values()),
+            completion_window=self.window.window if self.window else spec.policy.completion_window,
+            steps={step.name: {"job": step.job, "rows": ledger.row_counts(step.job),
+                               "requests": step_requests[step.job]}
+                   for step in self.steps} if spec.steps else {},
         )
         self._notes(summary, swept, flexed, in_flight, open_requests)
         if spec.evaluate is not None and summary.finished and is_settled(requests):
@@ -339,6 +477,8 @@ class _Run:
         notes = summary.notes
         if not summary.cost_known:
             notes.append(unpriced(self.model))
+        if self.window is not None:
+            notes.append(f"completion window {self.window.window}: {self.window.reason}")
         notes.extend(sorted(self.skipped))
         if swept:
             notes.append(f"deleted {swept} stray uploads of this job's shards left by an interrupted run")
@@ -363,8 +503,11 @@ class _Run:
                 notes.append(f"{open_requests} requests still open: run again to continue")
             if self.compile_waiting is not None:
                 notes.append(f"worker {self.compile_waiting} is compiling the job")
-            others = {who: held for who, held in self.ledger.live_claims(spec.name).items()
-                      if who != self.worker.id}
+            claims: dict[str, dict[str, int]] = {}
+            for job in dict.fromkeys([spec.name, *(step.job for step in self.steps)]):
+                for who, held in self.ledger.live_claims(job).items():
+                    claims.setdefault(who, {}).update(held)
+            others = {who: held for who, held in claims.items() if who != self.worker.id}
             for who, held in sorted(others.items()):
                 what = ", ".join(f"{n} {kind}" for kind, n in sorted(held.items()))
                 notes.append(f"worker {who} holds {what}")
