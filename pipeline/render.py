@@ -181,6 +181,12 @@ def print_status(status: dict[str, Any]) -> None:
             else f"cost unknown — {status['cost_note']}")
     console.print(f"tokens: {int(totals['prompt_tokens']):,} prompt + {int(totals['completion_tokens']):,} "
                   f"completion; {cost}")
+    for step in status.get("steps") or []:
+        counts = ", ".join(f"{n:,} {k}" for k, n in step["requests"].items() if n) or "none yet"
+        rows = step["rows"]
+        console.print(f"  step {step['step']} ({step['model']}): {rows.get('ok', 0):,} rows"
+                      + (f" ({rows['rejected']:,} rejected)" if rows.get("rejected") else "")
+                      + f"; requests: {counts}")
     if status.get("kept_answers"):
         console.print(f"refreshing: {status['kept_answers']:,} requests asked again keep their "
                       "earlier answer until a new one arrives")
