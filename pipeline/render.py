@@ -143,6 +143,9 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
     console.print(f"  requests: {r.get('succeeded', 0):,} succeeded, {r.get('failed', 0):,} failed, "
                   f"{r.get('retryable', 0):,} left by their batches, "
                   f"{sum(v for k, v in r.items() if k not in ('succeeded', 'failed', 'retryable')):,} in flight")
+    for name, step in summary.steps.items():
+        counts = ", ".join(f"{n:,} {k}" for k, n in step["requests"].items() if n) or "none yet"
+        console.print(f"    step {name}: {step['rows'].get('ok', 0):,} rows; {counts}")
     shards = ", ".join(f"{n} {step}" for step, n in summary.shards.items() if n) or "none"
     console.print(f"  shards: {shards}; {summary.poll_calls} poll calls in {summary.rounds} rounds")
     if summary.reconciled.get("quarantined"):
