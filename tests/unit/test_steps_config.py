@@ -76,7 +76,8 @@ def test_steps_become_jobs_of_their_own_inheriting_what_they_do_not_set(tmp_path
     assert {s.spec.workdir_path for s in (classify, summarise)} == {spec.workdir_path}
     assert summarise.spec.output_path == spec.output_path  # the last step: [output]
     assert classify.spec.output_path == tmp_path / "out" / "chain.classify.jsonl"
-    assert find_step(spec, None) is not None and find_step(spec, None).name == "summarise"
+    assert find_step(spec, None) is not None
+    assert find_step(spec, None).name == "summarise"
     with pytest.raises(ConfigError, match="no step 'nope'; its steps: classify, summarise"):
         find_step(spec, "nope")
 
@@ -85,12 +86,14 @@ def test_a_job_without_steps_is_one_step_itself(tmp_path: Path) -> None:
     text = STEPS_TOML.split("[[steps]]")[0] + '[prompt]\nuser = "{{ text }}"\n'
     spec = load_job(write(tmp_path, text))
     (only,) = job_steps(spec)
-    assert only.spec is spec and only.job == "chain" and only.source is None
+    assert only.spec is spec
+    assert only.job == "chain"
+    assert only.source is None
 
 
 def test_an_unknown_key_in_a_step_names_its_line(tmp_path: Path) -> None:
     error = load_error(tmp_path, STEPS_TOML.replace('where = { topic = "bug" }', 'wher = 1'))
-    assert error.line == 24 and error.field == "steps[1].wher", str(error)
+    assert (error.line, error.field) == (24, "steps[1].wher"), str(error)
     assert 'did you mean "where"?' in (error.hint or "")
 
 

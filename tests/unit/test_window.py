@@ -54,9 +54,11 @@ def test_the_reserve_follows_the_flex_pace_seen_so_far() -> None:
     deadline = NOW + timedelta(hours=100)
     # 36,000 requests at 10/s: 1h of fallback → 99h; at the assumed 1/s: 10h → 90h.
     seen = choose_window(policy, now=NOW, deadline=deadline, requests=36_000, pace_rps=10.0)
-    assert seen.window == "99h" and "flex pace seen so far, 10.00/s" in seen.reason
+    assert seen.window == "99h"
+    assert "flex pace seen so far, 10.00/s" in seen.reason
     assumed = choose_window(policy, now=NOW, deadline=deadline, requests=36_000)
-    assert assumed.window == "90h" and "assumed 1/s" in assumed.reason
+    assert assumed.window == "90h"
+    assert "assumed 1/s" in assumed.reason
     # The fallback off: nothing to keep time for.
     off = auto(fallback={"enabled": False})
     assert choose_window(off, now=NOW, deadline=deadline, requests=36_000).window == "100h"
@@ -84,4 +86,5 @@ def test_auto_and_fallback_reserve_in_a_config(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace('"12h"', '"soon"'))
     with pytest.raises(ConfigError) as error:
         load_job(config)
-    assert error.value.field == "policy.fallback_reserve" and error.value.line == 10
+    assert error.value.field == "policy.fallback_reserve"
+    assert error.value.line == 10
