@@ -397,15 +397,17 @@ def _joined_chunks(spec: JobSpec, ledger: Ledger, layout: _Layout, validator: Ou
         yield records
 
 
-def iter_results(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False) -> Iterator[dict[str, Any]]:
+def iter_results(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False,
+                 stored_rows: bool = False) -> Iterator[dict[str, Any]]:
     """Each input row as a dict joined to its answer — the records :func:`export_job` writes
-    to JSONL — streamed, without writing a file or recording an export."""
+    to JSONL — streamed, without writing a file or recording an export. ``stored_rows``: see
+    :func:`export_job`."""
     validator = OutputValidator.for_job(spec)
     layout = _Layout(validator.fields if validator else (),
                      {n: _field_kind(s) for n, s in validator.field_schemas.items()} if validator else {})
     report = ExportReport(job=spec.name, path="", format="jsonl", since=None, exported_at="")
     for records in _joined_chunks(spec, ledger, layout, validator, report,
-                                  only_succeeded=only_succeeded, since=None):
+                                  only_succeeded=only_succeeded, since=None, stored=stored_rows):
         yield from records
 
 
