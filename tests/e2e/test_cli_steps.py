@@ -19,8 +19,10 @@ import pytest
 
 from jobs import load_job
 from pipeline.export import export_config
+from state import Ledger
 from tests.e2e.cli import ServeProcess, run_cli
 from tests.e2e.crash import RUN_TIMEOUT_S, SERVE_ARGS, Kill, audit, run_crashing
+from tests.e2e.workers import batch_lines, start_worker, wait_all
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STEPS = ("classify", "summarise", "translate")
@@ -276,3 +278,28 @@ def test_a_kill_mid_run_then_resume_answers_every_row_of_every_step_once(
         assert set(per_job[job].values()) == {1}, step  # each sent once, whatever the kill
     assert summary["steps"]["translate"]["requests"]["succeeded"] == \
         summary["steps"]["summarise"]["rows"]["ok"]
+
+
+def test_two_workers_share_a_multi_step_job_sending_nothing_twice(tmp_path: Path,
+                                                                  ledger_url: str) -> None:
+    server = ServeProcess("--time-scale", "600", "--throughput", "200",
+                          log=tmp_path / "serve.log")
+    server.wait_ready()
+    try:
+        config = triage(tmp_path / "cfg", server, "triage-workers")
+        logs = [tmp_path / f"w{i}.log" for i in range(2)]
+        procs = [start_worker(config, ledger_url, log, worker_id=f"w{i}")
+                 for i, log in enumerate(logs)]
+        summaries = wait_all(procs, logs)
+        per_shard, per_request = batch_lines(server.url)
+    finally:
+        server.stop()
+    assert all(summary["finished"] for summary in summaries)
+    with Ledger.open(ledger_url) as ledger:
+        shards = [s["key"] for step in STEPS for s in ledger.shards(f"triage-workers.{step}")]
+        answered = sum(ledger.request_counts(f"triage-workers.{step}")["succeeded"]
+                       for step in STEPS)
+    assert sorted(per_shard) == sorted(shards)
+    assert set(per_shard.values()) == {1}  # one batch per shard, whichever worker made it
+    assert set(per_request.values()) == {1}  # every request sent once
+    assert sum(per_request.values()) == answered > TICKETS
