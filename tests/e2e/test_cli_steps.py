@@ -233,13 +233,14 @@ def test_changing_one_input_row_resends_only_its_chain(serve: ServeProcess,
 
 def test_steps_overlap_a_step_starts_on_the_first_answers_of_the_one_before(
         tmp_path: Path) -> None:
-    # Slow batches: a 10-line batch takes ~2.5 s, the 4-line one ~1 s less.
+    # Slow batches: the 20-line classify batch takes ~3.5 s, the 4-line one ~2 s less.
     server = ServeProcess("--time-scale", "4", "--throughput", "2",
                           log=tmp_path / "serve.log")
     server.wait_ready()
     try:
         config = triage(tmp_path / "cfg", server, "triage-overlap",
-                        **{"max_lines_per_shard = 6": "max_lines_per_shard = 10"})
+                        **{"max_lines_per_shard = 6": "max_lines_per_shard = 20",
+                           "poll_interval_max_s = 2.0": "poll_interval_max_s = 0.2"})
         summary = run_json("run", str(config))
         assert summary["finished"] is True
     finally:
