@@ -17,6 +17,7 @@ from jobs.inputs import find_duplicate_ids, iter_job_rows
 from jobs.plan import refuse_unpriced_budget
 from jobs.requests import RequestBuilder, row_key_for, unkeyed_row_key
 from jobs.spec import JobSpec
+from jobs.steps import job_steps
 from jobs.template import RowRejected
 
 __all__ = ["CheckReport", "check_job"]
@@ -53,6 +54,14 @@ def check_job(spec: JobSpec, *, config_path: str = "", keep_rejections: int = 5,
     missing file, a broken JSONL line) or that repeats an id (``on_duplicate_id = "error"``),
     naming the file and line.
     """
+    if spec.steps:
+        # The first step reads the input; later steps' rows are its answers, which a check
+        # cannot have (their templates were checked when the config loaded).
+        first = job_steps(spec)[0]
+        report = check_job(first.spec, config_path=config_path, keep_rejections=keep_rejections,
+                           model=None if first.spec.model is not None else model)
+        report.job = spec.name
+        return report
     if model is None and spec.model is None:
         model = PLACEHOLDER_ADAPTER_MODEL
     if model != PLACEHOLDER_ADAPTER_MODEL:

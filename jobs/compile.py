@@ -50,6 +50,7 @@ from jobs.requests import (
 )
 from jobs.shards import ShardWriter, WrittenShard, shard_key
 from jobs.spec import JobSpec
+from jobs.steps import row_data
 from jobs.template import RowRejected
 from state import Ledger, RequestRecord, RequestStatus, RowRecord
 from state.engine import chunked
@@ -159,11 +160,15 @@ def record_rows_and_requests(
     *,
     refresh: bool = False,
     previous: Ledger | None = None,
+    keep_data: bool = False,
 ) -> RowTally:
     """Pass 1 (and 2): stream the job's rows into the ledger as rows and requests.
 
     With ``previous`` (the job's ledger before this compile), each row is also counted as
     new, changed (its ``custom_id`` differs from the one recorded) or unchanged.
+
+    ``keep_data`` keeps each row's data in the ledger (the first step of a multi-step job: the
+    next step is fed from it, see :mod:`jobs.steps`).
 
     Rows come one per id (:func:`jobs.inputs.iter_job_rows`), so no chunk holds two rows
     with one key and no row is recorded only to be replaced by a later one. A duplicate id
@@ -185,16 +190,18 @@ def record_rows_and_requests(
                 rows.append(RowRecord(unkeyed_row_key(row_index), row_index, None, exc.reason))
                 tally.rejected += 1
                 continue
+            data = row_data(row) if keep_data else None
             try:
                 samples = builder.build_samples(row)
             except RowRejected as exc:
-                rows.extend(RowRecord(sample_row_key(key, i), row_index, None, exc.reason)
+                rows.extend(RowRecord(sample_row_key(key, i), row_index, None, exc.reason, data)
                             for i in range(builder.samples))
                 tally.rejected += 1
                 continue
             tally.ok += 1
             for i, built in enumerate(samples):
-                rows.append(RowRecord(sample_row_key(key, i), row_index, built.custom_id, None))
+                rows.append(RowRecord(sample_row_key(key, i), row_index, built.custom_id, None,
+                                      data))
                 if built.custom_id not in requests:
                     requests[built.custom_id] = RequestRecord(
                         built.custom_id, builder.endpoint, built.body
@@ -315,6 +322,7 @@ def compile_job(
     model: str | None = None,
     salt: str | None = None,
     budget: BatchBudget | None = None,
+    keep_data: bool = False,
 ) -> CompileReport:
     """Compile ``spec`` into ``ledger`` and shard files under ``<workdir>/shards/``.
 
@@ -322,13 +330,15 @@ def compile_job(
     the spec names an ``adapter``. ``salt`` gives every request a fresh id (see
     :func:`jobs.requests.custom_id_for`); with ``[policy] cache = false`` callers pass a run id.
     ``budget`` (:class:`jobs.budget.BatchBudget`) cuts the shards at what the budget leaves.
+    ``keep_data``: see :func:`record_rows_and_requests`.
     Raises :class:`~pipeline.errors.ConfigError` / ``InputError`` for a bad config or input
     file; rows that cannot be rendered are rejected and recorded, not raised.
     """
     started = time.perf_counter()
     builder = RequestBuilder(spec, model=model, salt=salt)
     ledger.record_job(spec.name, spec_hash(spec), spec_json(spec))
-    tally = record_rows_and_requests(spec, ledger, builder, refresh=refresh, previous=ledger)
+    tally = record_rows_and_requests(spec, ledger, builder, refresh=refresh, previous=ledger,
+                                     keep_data=keep_data)
     counts = ledger.request_counts(spec.name)
     report = CompileReport(
         job=spec.name,

@@ -255,8 +255,9 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType, typing.Annotated):
-        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    if origin in (typing.Union, types.UnionType, typing.Annotated, tuple, list):
+        return [m for arg in typing.get_args(annotation) if arg is not Ellipsis
+                for m in _models_in(arg)]
     return []
 
 
@@ -264,6 +265,9 @@ def _model_at(table: KeyPath, data: Any) -> type[BaseModel] | None:
     model: type[BaseModel] = JobSpec
     node = data
     for part in table:
+        if isinstance(part, int):  # an item of an array of tables ([[steps]]): same model
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            continue
         field = next((f for k, f in model.model_fields.items() if (f.alias or k) == part), None)
         node = node.get(part) if isinstance(node, Mapping) else None
         candidates = _models_in(field.annotation) if field is not None else []

@@ -19,8 +19,11 @@ import os
 import tempfile
 import tomllib
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from jobs.audio import MIN_BILLED_AUDIO_S, is_audio
 from jobs.budget import Allowance, BatchBudget, Spend
@@ -35,6 +38,7 @@ from jobs.load import spec_hash, spec_json
 from jobs.requests import RequestBuilder, batch_line
 from jobs.shards import ShardSizer
 from jobs.spec import JobSpec
+from jobs.window import choose_window, flex_pace
 from pipeline.errors import ConfigError
 from state import Ledger
 
@@ -148,9 +152,32 @@ class PlanReport:
     budget_reached: str | None = None
     """The cap that holds them back."""
     warnings: list[str] = field(default_factory=list)
+    completion_window: str | None = None
+    """The batch window a run would create batches with now (``auto``: chosen, see
+    :mod:`jobs.window`)."""
+    window_reason: str | None = None
+    """Why that window."""
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    """A job with ``[[steps]]``: each step's plan (:class:`jobs.plan_steps.StepPlan`); the
+    other fields are the first step's, the costs summed over the steps."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def plan_window(spec: JobSpec, ledger: Ledger | None, requests: int,
+                now: datetime | None = None) -> tuple[str, str]:
+    """The window a run would choose now, and why: a duration deadline counts from the job's
+    first run (the ledger's record of it; now, if it never ran), and the flex pace is the one
+    its earlier runs saw."""
+    now = now or datetime.now(UTC)
+    created = ledger.job_created_at(spec.name) if ledger is not None else None
+    first_run = datetime.fromtimestamp(created, tz=UTC) if created else now
+    summaries = ([orjson.loads(run["summary_json"]) for run in ledger.runs(spec.name)
+                  if run["summary_json"]] if ledger is not None else [])
+    choice = choose_window(spec.policy, now=now, deadline=spec.policy.deadline_at(first_run),
+                           requests=requests, pace_rps=flex_pace(summaries))
+    return choice.window, choice.reason
 
 
 def plan_job(
@@ -211,6 +238,8 @@ def plan_job(
         plan.budget_fits = sum(s.lines for s in report.shards if s.fits)
         plan.budget_held = report.to_send - plan.budget_fits
         plan.budget_reached = allowance.refused
+    plan.completion_window, plan.window_reason = plan_window(spec, ledger_for_answers,
+                                                             report.to_send)
     if report.duplicate_rows:
         kept = spec.input.on_duplicate_id
         plan.warnings.append(

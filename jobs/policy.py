@@ -214,9 +214,10 @@ class PolicySpec(_Table):
 
     completion_window: str = Field(
         default="24h",
-        description="The batches' `completion_window`, `24h` to `7d`, written in hours "
-        '(`"48h"`) or days (`"3d"`). A batch not finished by then expires; its unanswered '
-        "lines go to the fallback (trigger `expired`).",
+        description="The batch window, `24h` to `7d` (written in hours `\"48h\"` or days "
+        "`\"3d\"`), or `\"auto\"`: with a `deadline`, the longest window that ends before the "
+        "deadline less the time the fallback needs for the job's open requests (see "
+        "`fallback_reserve`); without a deadline, 24h.",
     )
     max_lines_per_shard: int = Field(
         default=BATCH_MAX_LINES,
@@ -273,6 +274,13 @@ class PolicySpec(_Table):
         "at most N attempts in all (so at most N retries), within "
         "`[policy.fallback].max_attempts`.",
     )
+    fallback_reserve: timedelta | None = Field(
+        default=None,
+        description="With `completion_window = \"auto\"`: how long the fallback needs to finish "
+        "what a batch leaves undone (`\"6h\"`); the window chosen ends at least this long "
+        "before the `deadline`. Default: the job's open requests at the flex pace seen in "
+        "earlier runs (else at 1 request/s).",
+    )
     fallback: FallbackSpec = Field(
         default=FallbackSpec(),
         description="`[policy.fallback]`: what the batch path leaves undone is finished with "
@@ -288,8 +296,12 @@ class PolicySpec(_Table):
     @classmethod
     def _window(cls, value: str) -> str:
         text = value.strip().lower()
+        if text == "auto":
+            return text
         if not re.fullmatch(r"\d+[hd]", text):
-            raise ValueError(f"{value!r} is not a window; write hours or days, e.g. '24h' or '7d'")
+            raise ValueError(
+                f"{value!r} is not a window; write hours or days, e.g. '24h' or '7d', or 'auto'"
+            )
         hours = int(text[:-1]) * (24 if text.endswith("d") else 1)
         if not 24 <= hours <= 168:
             raise ValueError(f"{value!r} is outside the supported range 24h to 7d")
@@ -314,6 +326,18 @@ class PolicySpec(_Table):
                 ) from None
         return value
 
+    @field_validator("fallback_reserve", mode="before")
+    @classmethod
+    def _reserve(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("fallback_reserve", mode="after")
+    @classmethod
+    def _reserve_positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value.total_seconds() < 0:
+            raise ValueError("fallback_reserve must not be negative")
+        return value
+
     @field_validator("deadline", mode="after")
     @classmethod
     def _aware(cls, value: timedelta | datetime | None) -> timedelta | datetime | None:
@@ -334,8 +358,10 @@ class PolicySpec(_Table):
         return self
 
     @property
-    def completion_window_s(self) -> int:
-        """The window in seconds."""
+    def completion_window_s(self) -> int | None:
+        """The window in seconds; None for ``"auto"`` (chosen when batches are created)."""
+        if self.completion_window == "auto":
+            return None
         hours = int(self.completion_window[:-1])
         return hours * (86400 if self.completion_window.endswith("d") else 3600)
 

@@ -50,6 +50,7 @@ from jobs.audio import AUDIO_ENDPOINTS, AudioSpec
 from jobs.evaluate import EvaluateSpec
 from jobs.policy import PolicySpec, field_error
 from jobs.prompt import PromptSpec
+from pipeline.errors import ConfigError
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -59,6 +60,8 @@ __all__ = [
     "JobSpec",
     "LocalServerSpec",
     "OutputSpec",
+    "StepSpec",
+    "row_matches",
     "state_root",
 ]
 
@@ -104,6 +107,19 @@ def _format_for(path: str, given: str | None, what: str) -> str:
 
 class _Table(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def row_matches(where: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
+    """Whether ``row`` passes ``where``: each column equals its value (a list means "any of");
+    plain equality, no expressions are evaluated."""
+    for column, wanted in where.items():
+        value = row.get(column)
+        if isinstance(wanted, list):
+            if value not in wanted:
+                return False
+        elif value != wanted:
+            return False
+    return True
 
 
 class InputSpec(_Table):
@@ -241,6 +257,44 @@ class LocalServerSpec(_Table):
     )
 
 
+class StepSpec(_Table):
+    """``[[steps]]``: one step of a multi-step job — a job of its own whose input rows are the
+    previous step's results (see :mod:`jobs.steps`)."""
+
+    name: Slug = Field(description="The step's name (lowercase letters, digits, `-`, `_`), "
+                       "unique in the job: `export --step NAME` and `status` use it.")
+    description: str | None = Field(default=None, description="Free text for people.")
+    model: ModelId | None = Field(default=None, description="This step's model; default: the "
+                                  "job's `model` (or `adapter`).")
+    adapter: str | None = Field(default=None, description="An uploaded LoRA adapter's name for "
+                                "this step, instead of `model`.")
+    prompt: PromptSpec = Field(description="`[steps.prompt]`: this step's messages and "
+                               "parameters, templates over its input row (see `[prompt]`).")
+    where: dict[str, Scalar | list[Scalar]] = Field(
+        default={},
+        description="Keep only the previous step's results whose columns (input columns, "
+        "parsed fields, `answer`) equal these values; a list means \"any of\". Not on the "
+        "first step: filter the input with `[input].where`.",
+    )
+    policy: PolicySpec | None = Field(
+        default=None,
+        description="`[steps.policy]`: the keys set here replace the job's `[policy]` keys for "
+        "this step (a sub-table such as `[steps.policy.fallback]` replaces that whole table); "
+        "the others are inherited.",
+    )
+    output: OutputSpec | None = Field(
+        default=None,
+        description="`[steps.output]`: where `export --step NAME` writes this step. Default: "
+        "the job's `[output]` for the last step, `<output>.<step><suffix>` for the others.",
+    )
+
+    @model_validator(mode="after")
+    def _one_model(self) -> StepSpec:
+        if self.model is not None and self.adapter is not None:
+            raise field_error("adapter", "set model or adapter, not both")
+        return self
+
+
 class JobSpec(_Table):
     """A whole job: what to read, what to ask, how to run it, where to write."""
 
@@ -304,7 +358,13 @@ class JobSpec(_Table):
     prompt: PromptSpec | None = Field(
         default=None,
         description="`[prompt]`: the message templates and the request parameters sent "
-        "with them — of a chat job (every job but an audio one).",
+        "with them — of a chat job (every job but an audio one). A job with `[[steps]]` has "
+        "none: each step has its own.",
+    )
+    steps: tuple[StepSpec, ...] = Field(
+        default=(),
+        description="`[[steps]]`: a multi-step job — each step a job of its own whose input is "
+        "the previous step's results (the first step's is `[input]`). Instead of `[prompt]`.",
     )
     policy: PolicySpec = Field(
         default=PolicySpec(),
@@ -328,13 +388,13 @@ class JobSpec(_Table):
         "/v1/chat/completions", "/v1/audio/transcriptions", "/v1/audio/translations"
     ] = Field(
         default="/v1/chat/completions",
-        description="The API endpoint each request goes to: chat completions (with ``[prompt]``), "
-        "or audio transcriptions / translations (with ``[audio]``, see :mod:`jobs.audio`).",
+        description="The API endpoint each request goes to: chat completions (with `[prompt]`), "
+        "or audio transcriptions / translations (with `[audio]`).",
     )
     audio: AudioSpec | None = Field(
         default=None,
-        description="``[audio]``: the request of an audio job (``url`` template, ``language``, "
-        "``prompt``, ``response_format``, ``temperature``, ``timestamp_granularities``).",
+        description="`[audio]`: the request of an audio job (`url` template, `language`, "
+        "`prompt`, `response_format`, `temperature`, `timestamp_granularities`).",
     )
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -376,6 +436,37 @@ class JobSpec(_Table):
         return self
 
     @model_validator(mode="after")
+    def _prompt_or_steps(self) -> JobSpec:
+        if not self.steps:
+            return self  # [prompt] or [audio]: see _endpoint_tables
+        if self.endpoint in AUDIO_ENDPOINTS:
+            raise field_error("steps", "[[steps]] are chat jobs; an audio job has none")
+        if self.prompt is not None:
+            raise field_error("prompt", "a job with [[steps]] has no top-level [prompt]: each "
+                              "step has its own [steps.prompt]")
+        if self.evaluate is not None:
+            raise field_error("evaluate", "[evaluate] is not supported with [[steps]]")
+        seen: set[str] = set()
+        for step in self.steps:
+            if step.name in seen:
+                raise field_error("steps", f"two steps are named {step.name!r}; step names "
+                                  "must be unique")
+            seen.add(step.name)
+        if self.steps[0].where:
+            raise field_error("steps", f"the first step ({self.steps[0].name!r}) reads [input]: "
+                              "filter it with [input].where, not steps.where")
+        return self
+
+    @property
+    def prompt_spec(self) -> PromptSpec:
+        """The job's ``[prompt]``; a job with ``[[steps]]`` has one per step instead (compile
+        each step's own spec, :func:`jobs.steps.job_steps`)."""
+        if self.prompt is None:
+            raise ConfigError(f"job {self.name!r} has [[steps]]: each step has its own prompt",
+                              field="prompt")
+        return self.prompt
+
+    @model_validator(mode="after")
     def _one_model(self) -> JobSpec:
         if self.model is None and self.adapter is None:
             raise field_error("model", 'set either model = "<model id>" or adapter = "<name>"')
@@ -407,8 +498,9 @@ class JobSpec(_Table):
             if self.audio is not None:
                 raise field_error("audio", 'set endpoint = "/v1/audio/transcriptions" (or '
                                   '"/v1/audio/translations") to use [audio]')
-            if self.prompt is None:
-                raise field_error("prompt", "add a [prompt] table with user = \"...\"")
+            if self.prompt is None and not self.steps:
+                raise field_error("prompt", "a job needs a [prompt] table with user = \"...\" "
+                                  "(or [[steps]], each with its own [steps.prompt])")
         return self
 
     @property

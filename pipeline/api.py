@@ -30,6 +30,7 @@ import anyio
 
 from jobs import JobSpec, PlanReport, job_from_dict, load_job
 from jobs.load import with_ledger
+from jobs.steps import find_step
 
 from . import catalog
 from .cleanup import GcReport, gc_job
@@ -83,16 +84,23 @@ def run(job: JobLike, **options: Any) -> RunSummary:
     return anyio.run(lambda: run_async(job, **options))
 
 
-def results(job: JobLike, *, only_succeeded: bool = False) -> Iterator[dict[str, Any]]:
+def results(job: JobLike, *, only_succeeded: bool = False,
+            step: str | None = None) -> Iterator[dict[str, Any]]:
     """Each input row as a dict: its columns plus ``groqbatch_status``, ``groqbatch_answer``,
     ``groqbatch_error``, tokens, tier and the parsed fields — the records ``groqbatch export``
-    writes. Streamed from the input file and the ledger; memory stays flat."""
+    writes. Streamed from the input file and the ledger; memory stays flat. A job with
+    ``[[steps]]``: the rows of ``step`` (default the last), as ``export --step`` writes them."""
     spec, _ = _job(job)
+    chosen = find_step(spec, step) if spec.steps or step is not None else None
     ledger = existing_ledger(spec)
     if ledger is None:
         raise ConfigError(f"job {spec.name!r} has not run yet: no ledger at {spec.ledger_target}",
                           field="ledger")
     with ledger:
+        if chosen is not None:
+            yield from iter_results(chosen.spec, ledger, only_succeeded=only_succeeded,
+                                    stored_rows=chosen.index > 0)
+            return
         yield from iter_results(spec, ledger, only_succeeded=only_succeeded)
 
 

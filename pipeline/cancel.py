@@ -7,12 +7,13 @@ output; ``wait=True`` polls until then and reconciles, ``wait=False`` only sends
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import anyio
 
 from jobs import JobSpec, load_prices, price_for
 from jobs.outputs import OutputValidator
+from jobs.steps import job_steps
 from state import Ledger, ShardStep
 
 from .backend import open_client
@@ -69,6 +70,13 @@ REFUSED_AS_SETTLED = frozenset({400, 404, 409})
 
 
 async def cancel_job(spec: JobSpec, *, wait: bool = True, timeout_s: float = 900.0) -> CancelReport:
+    if spec.steps:  # every step's batches, each step a job of its own
+        total = CancelReport()
+        for step in job_steps(spec):
+            part = await cancel_job(step.spec, wait=wait, timeout_s=timeout_s)
+            for name in fields(total):
+                setattr(total, name.name, getattr(total, name.name) + getattr(part, name.name))
+        return total
     report = CancelReport()
     with Ledger.open(spec.ledger_target) as ledger:
         price = price_for(resolve_model(spec, ledger), load_prices())

@@ -330,16 +330,18 @@ def report(config: Path, html_path: Path | None, last: int | None, ledger_url: s
 @click.option("--only-succeeded", is_flag=True, help="Leave out failed, rejected and open rows.")
 @click.option("--since-last", is_flag=True,
               help="Only rows answered since the job's last export.")
+@click.option("--step", "step", default=None, metavar="NAME",
+              help="A job with [[steps]]: the step to export [default: the last].")
 @ledger_option
 @json_option
 def export(config: Path, output: Path | None, fmt: str | None, only_succeeded: bool,
-           since_last: bool, ledger_url: str | None, as_json: bool) -> None:
+           since_last: bool, step: str | None, ledger_url: str | None, as_json: bool) -> None:
     """Write results joined to the input rows (every column, answer, parsed fields, status,
     error, tokens, tier) as JSONL, CSV or Parquet, atomically."""
     from .export import export_config
 
     result = export_config(load_spec(config, ledger_url), path=output, format=fmt,
-                           only_succeeded=only_succeeded, since_last=since_last)
+                           only_succeeded=only_succeeded, since_last=since_last, step=step)
     if as_json:
         echo_json(result.as_dict())
         return

@@ -68,6 +68,7 @@ from jobs import JobSpec, iter_job_rows
 from jobs.outputs import OutputValidator, answer_content
 from jobs.requests import row_key_or_position, sample_row_key
 from jobs.spec import FORMAT_BY_SUFFIX
+from jobs.steps import find_step
 from jobs.tools import tool_calls_of
 from state import Ledger
 from state.engine import chunked
@@ -234,13 +235,27 @@ def _wants_reasoning(spec: JobSpec) -> bool:
             or prompt.reasoning_effort is not None)
 
 
-def _survey(spec: JobSpec) -> dict[str, str | None]:
-    """A first pass over the input: its columns in order of first appearance, each with a kind."""
+def _survey(spec: JobSpec, ledger: Ledger | None = None) -> dict[str, str | None]:
+    """A first pass over the input: its columns in order of first appearance, each with a kind.
+    With ``ledger``, over the rows of a later step as the ledger keeps them."""
     kinds: dict[str, str | None] = {}
-    for _index, _line, row in iter_job_rows(spec.input, spec.input_path):
+    rows = ((row for _, row in _stored_rows(spec, ledger)) if ledger is not None
+            else (row for _index, _line, row in iter_job_rows(spec.input, spec.input_path)))
+    for row in rows:
         for name, value in row.items():
             kinds[name] = _merge_kind(kinds.get(name), value)
     return kinds
+
+
+def _stored_rows(spec: JobSpec, ledger: Ledger) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A later step's rows, in the input's order, as the ledger keeps them (the rows that
+    reached the step)."""
+    for chunk in _keyed_chunks(spec):
+        outcomes = ledger.row_outcomes(spec.name, {key for key, _ in chunk})
+        for key, _row in chunk:
+            outcome = outcomes.get(key)
+            if outcome is not None and outcome.data is not None:
+                yield key, orjson.loads(outcome.data)
 
 
 # -- the writers ------------------------------------------------------------------------------
@@ -425,8 +440,9 @@ def _keyed_chunks(spec: JobSpec) -> Iterator[list[tuple[str, dict[str, Any]]]]:
 
 def _joined_chunks(spec: JobSpec, ledger: Ledger, layout: _Layout, validator: OutputValidator | None,
                    report: ExportReport, *, only_succeeded: bool,
-                   since: float | None) -> Iterator[list[dict[str, Any]]]:
-    """The job's input rows joined to their outcomes, a chunk at a time, filtered."""
+                   since: float | None, stored: bool = False) -> Iterator[list[dict[str, Any]]]:
+    """The job's input rows joined to their outcomes, a chunk at a time, filtered. ``stored``
+    (a later step of a multi-step job): the rows that reached the step, as it read them."""
     samples = range(layout.samples)
     for chunk in _keyed_chunks(spec):
         outcomes = ledger.row_outcomes(
@@ -435,13 +451,18 @@ def _joined_chunks(spec: JobSpec, ledger: Ledger, layout: _Layout, validator: Ou
         for key, row in chunk:
             for sample in samples:
                 outcome = outcomes.get(sample_row_key(key, sample))
+                source = row
+                if stored:
+                    if outcome is None or outcome.data is None:
+                        continue  # never reached this step (left out upstream, or not yet)
+                    source = orjson.loads(outcome.data)
                 status = _status(outcome)
                 if (only_succeeded and status != SUCCEEDED) or (since is not None and not (
                         outcome is not None and outcome.received_at is not None
                         and outcome.received_at > since)):
                     report.left_out += 1
                     continue
-                record = _record(row, key, outcome, status, layout, validator)
+                record = _record(source, key, outcome, status, layout, validator)
                 if layout.samples > 1:
                     record[SAMPLE_COLUMN] = sample
                 records.append(record)
@@ -449,14 +470,16 @@ def _joined_chunks(spec: JobSpec, ledger: Ledger, layout: _Layout, validator: Ou
         yield records
 
 
-def iter_results(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False) -> Iterator[dict[str, Any]]:
+def iter_results(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False,
+                 stored_rows: bool = False) -> Iterator[dict[str, Any]]:
     """Each input row as a dict joined to its answer — the records :func:`export_job` writes
-    to JSONL — streamed, without writing a file or recording an export."""
+    to JSONL — streamed, without writing a file or recording an export. ``stored_rows``: see
+    :func:`export_job`."""
     validator = OutputValidator.for_job(spec)
     layout = _layout_for(spec, validator)
     report = ExportReport(job=spec.name, path="", format="jsonl", since=None, exported_at="")
     for records in _joined_chunks(spec, ledger, layout, validator, report,
-                                  only_succeeded=only_succeeded, since=None):
+                                  only_succeeded=only_succeeded, since=None, stored=stored_rows):
         yield from records
 
 
@@ -499,12 +522,14 @@ def _utc(stamp: float) -> str:
 
 def export_job(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False,
                since_last: bool = False, path: str | Path | None = None,
-               format: str | None = None) -> ExportReport:
+               format: str | None = None, stored_rows: bool = False) -> ExportReport:
     """Write ``spec``'s results joined to its input rows (see the module docstring).
 
     ``path`` and ``format`` override ``[output]``. Raises :class:`ConfigError` for an unknown
     format, Parquet without pyarrow, an input that cannot be read, or a place that cannot be
-    written (field ``output.path``, naming it); nothing is left behind.
+    written (field ``output.path``, naming it); nothing is left behind. ``stored_rows``: ``spec``
+    is a later step of a multi-step job, whose rows are read from the ledger
+    (:func:`export_config` with ``step``).
     """
     started = time.monotonic()
     target, fmt = _destination(spec, path, format)
@@ -524,7 +549,7 @@ def export_job(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False,
                           exported_at=_utc(exported_at))
     layout = _layout_for(spec, validator)
     if fmt != "jsonl":
-        layout.inputs = _survey(spec)
+        layout.inputs = _survey(spec, ledger if stored_rows else None)
     temporary = target.with_name(f"{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     with _writing(target):
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -534,7 +559,8 @@ def export_job(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False,
             with _writing(target):
                 writer = _open_writer(fmt, file, layout)
             for records in _joined_chunks(spec, ledger, layout, validator, report,
-                                          only_succeeded=only_succeeded, since=since):
+                                          only_succeeded=only_succeeded, since=since,
+                                          stored=stored_rows):
                 if records:
                     with _writing(target):  # not around the reads: their errors are their own
                         writer.write(records)
@@ -553,11 +579,17 @@ def export_job(spec: JobSpec, ledger: Ledger, *, only_succeeded: bool = False,
     return report
 
 
-def export_config(spec: JobSpec, **options: Any) -> ExportReport:
-    """:func:`export_job` on the job's own ledger, which must exist (the job has run)."""
+def export_config(spec: JobSpec, *, step: str | None = None, **options: Any) -> ExportReport:
+    """:func:`export_job` on the job's own ledger, which must exist (the job has run).
+
+    A job with ``[[steps]]`` exports one step: ``step`` by name, else the last; its rows are
+    those that reached it, each as the step read it (see :mod:`jobs.steps`)."""
+    chosen = find_step(spec, step) if spec.steps or step is not None else None
     ledger = existing_ledger(spec)
     if ledger is None:
         raise ConfigError(f"job {spec.name!r} has no ledger yet at {spec.ledger_target}: "
                           "nothing has run, so there is nothing to export", field="ledger")
     with ledger:
+        if chosen is not None:
+            return export_job(chosen.spec, ledger, stored_rows=chosen.index > 0, **options)
         return export_job(spec, ledger, **options)

@@ -57,7 +57,10 @@ def window_fits(spec: JobSpec, deadline: dt.datetime | None, now: dt.datetime | 
     if deadline is None:
         return True
     now = now or dt.datetime.now(dt.UTC)
-    return now + dt.timedelta(seconds=spec.policy.completion_window_s) <= deadline
+    # "auto" chooses the longest window that fits when it creates the batch: one fits if the
+    # shortest (24h) does.
+    window_s = spec.policy.completion_window_s or 24 * 3600
+    return now + dt.timedelta(seconds=window_s) <= deadline
 
 
 def is_leftover(spec: JobSpec, request: OpenRequest) -> bool:

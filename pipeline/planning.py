@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from jobs import JobSpec, PlanReport, load_job, plan_job
+from jobs.plan_steps import plan_steps
+from jobs.steps import job_steps
 from state import Ledger
 
 from .errors import ConfigError
@@ -58,6 +60,10 @@ def plan_config(config: JobSpec | str | Path, *, refresh: bool = False) -> PlanR
     spec, path = (config, None) if isinstance(config, JobSpec) else (load_job(config), config)
     ledger = existing_ledger(spec)
     try:
+        if spec.steps:
+            models = {step.job: resolve_model(step.spec, ledger, config=path)
+                      for step in job_steps(spec)}
+            return plan_steps(spec, ledger, refresh=refresh, models=models)
         return plan_job(spec, ledger, refresh=refresh, model=resolve_model(spec, ledger, config=path))
     finally:
         if ledger is not None:

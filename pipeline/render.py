@@ -59,8 +59,22 @@ def print_plan(plan: PlanReport) -> None:
         table.add_row("estimated cost (batch, 50% off)", f"${plan.cost_batch_usd:,.4f}")
         table.add_row("same on demand", f"${plan.cost_on_demand_usd or 0:,.4f}")
     console.print(table)
+    if plan.steps:
+        steps = Table(title="steps (later steps: from the answers in the ledger now)")
+        for column in ("step", "model", "rows", "become requests", "answered", "to send",
+                       "waiting upstream", "est. cost (batch)", "window"):
+            steps.add_column(column, justify="left" if column in ("step", "model") else "right")
+        for step in plan.steps:
+            cost = step["cost_batch_usd"]
+            steps.add_row(step["name"], step["model"], f"{step['rows']:,}", f"{step['kept']:,}",
+                          f"{step['already_answered']:,}", f"{step['to_send']:,}",
+                          f"{step['waiting']:,}", "—" if cost is None else f"${cost:,.4f}",
+                          step["completion_window"] or "—")
+        console.print(steps)
     for rejection in plan.rejections:
         console.print(f"rejected row {rejection['row_key']} (#{rejection['row_index']}): {rejection['reason']}")
+    if plan.completion_window is not None:
+        console.print(f"completion window: {plan.completion_window} ({plan.window_reason})")
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
 
@@ -138,6 +152,9 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
                   f"{r.get('retryable', 0):,} left by their batches, "
                   f"{sum(v for k, v in r.items() if k not in ('succeeded', 'failed', 'retryable')) - summary.budget_held:,} in flight"
                   + (f", {summary.budget_held:,} held back by the budget" if summary.budget_held else ""))
+    for name, step in summary.steps.items():
+        counts = ", ".join(f"{n:,} {k}" for k, n in step["requests"].items() if n) or "none yet"
+        console.print(f"    step {name}: {step['rows'].get('ok', 0):,} rows; {counts}")
     shards = ", ".join(f"{n} {step}" for step, n in summary.shards.items() if n) or "none"
     console.print(f"  shards: {shards}; {summary.poll_calls} poll calls in {summary.rounds} rounds")
     if summary.reconciled.get("quarantined"):
@@ -198,6 +215,12 @@ def print_status(status: dict[str, Any]) -> None:
             else f"cost unknown — {status['cost_note']}")
     console.print(f"tokens: {int(totals['prompt_tokens']):,} prompt + {int(totals['completion_tokens']):,} "
                   f"completion; {cost}")
+    for step in status.get("steps") or []:
+        counts = ", ".join(f"{n:,} {k}" for k, n in step["requests"].items() if n) or "none yet"
+        rows = step["rows"]
+        console.print(f"  step {step['step']} ({step['model']}): {rows.get('ok', 0):,} rows"
+                      + (f" ({rows['rejected']:,} rejected)" if rows.get("rejected") else "")
+                      + f"; requests: {counts}")
     if status.get("kept_answers"):
         console.print(f"refreshing: {status['kept_answers']:,} requests asked again keep their "
                       "earlier answer until a new one arrives")

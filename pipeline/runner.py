@@ -10,6 +10,7 @@ starts, so running again at any time — after a finished run, a ``--no-wait`` e
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 
 from jobs import (
     CompileReport,
     JobSpec,
     Price,
+    RequestBuilder,
     compile_job,
     load_prices,
     price_for,
@@ -33,11 +36,13 @@ from jobs.budget import BatchBudget
 from jobs.compile import estimate_completion_tokens, shard_pending
 from jobs.outputs import OutputValidator
 from jobs.plan import refuse_unpriced_budget, unpriced
+from jobs.steps import Step, feed_step, job_steps
+from jobs.window import WindowChoice, choose_window, flex_pace
 from state import Ledger, RequestStatus, ShardStep
 
 from .backend import describe_backend, open_client
 from .cancel import cancel_in_flight
-from .deadline import deadline_passed, drop_unsubmitted, job_deadline
+from .deadline import deadline_passed, drop_unsubmitted
 from .evaluate import check_run_identity, evaluate_run, is_settled, run_identity
 from .flex import FlexReport, finish_leftovers
 from .leftovers import LeftoverReport, job_deadline_at, rebatch_leftovers
@@ -122,6 +127,11 @@ class RunSummary:
     ``rebatched`` (with ``flex_equivalent_usd`` and ``saved_usd``: what the same tokens would
     have cost on flex, and the difference), ``flex``, …, and ``answered_twice`` (answers paid
     for that no request took; counted by the budget)."""
+    completion_window: str | None = None
+    """The window the last batches were created with (``auto``: as chosen, see the notes)."""
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """A job with ``[[steps]]``: per step, its rows and its requests by status (the other
+    counts are the steps' sums)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,14 +161,19 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
     with Ledger.open(spec.ledger_target) as ledger:
         # An unknown or deleted adapter fails here, before anything is recorded or spent.
         model = resolve_model(spec, ledger, config=config_path)
-        refuse_unpriced_budget(spec, model, config_path=config_path)  # before anything is spent
+        models = {step.job: resolve_model(step.spec, ledger, config=config_path)
+                  for step in job_steps(spec)}
+        for step in job_steps(spec):  # before anything is spent
+            refuse_unpriced_budget(step.spec, models[step.job], config_path=config_path)
         ledger.record_job(spec.name, spec_hash(spec), spec_json(spec))
+        for step in job_steps(spec) if spec.steps else ():
+            ledger.record_job(step.job, spec_hash(step.spec), spec_json(step.spec))
         run_id = ledger.start_run(spec.name, spec.backend, run_name)
         register(ledger, worker, spec.name, run_id)
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(keep_alive, ledger, worker)
-                summary = await _Run(spec, ledger, worker, run_id, model, started,
+                summary = await _Run(spec, ledger, worker, run_id, model, started, models,
                                      wait=wait, refresh=refresh, run_name=run_name,
                                      config_path=config_path, on_progress=on_progress).go()
                 group.cancel_scope.cancel()
@@ -178,6 +193,36 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
 OPEN_REQUESTS = (RequestStatus.PENDING, RequestStatus.QUEUED, RequestStatus.SUBMITTED,
                  RequestStatus.IN_FLIGHT)
 """A job with a request in one of these is not finished, whichever worker holds it."""
+OPEN_STATUSES = (*(status.value for status in OPEN_REQUESTS), RequestStatus.RETRYABLE.value)
+"""Requests the fallback may yet have to finish (what ``completion_window = "auto"`` counts)."""
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for count in counts:
+        for key, value in count.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def _summed_totals(totals: list[dict[str, float]]) -> dict[str, float]:
+    """Tokens, cost and attempts over the steps (ints stay ints)."""
+    total: dict[str, float] = {}
+    for each in totals:
+        for key, value in each.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def _summed_paths(per_step: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """:func:`cost_by_path` over the steps: each path's figures added up."""
+    total: dict[str, dict[str, Any]] = {}
+    for paths in per_step:
+        for path, figures in paths.items():
+            into = total.setdefault(path, {})
+            for key, value in figures.items():
+                into[key] = into.get(key, 0) + value
+    return total
 
 
 def compile_lock(job: str) -> str:
@@ -201,24 +246,42 @@ class _Run:
     reconcile and fallback until every request of the job is settled."""
 
     def __init__(self, spec: JobSpec, ledger: Ledger, worker: Worker, run_id: int, model: str,
-                 started: float, *, wait: bool, refresh: bool, run_name: str | None,
-                 config_path: str | Path | None,
+                 started: float, models: dict[str, str], *, wait: bool, refresh: bool,
+                 run_name: str | None, config_path: str | Path | None,
                  on_progress: Callable[[Progress], None] | None) -> None:
         self.spec, self.ledger, self.worker, self.run_id = spec, ledger, worker, run_id
         self.model, self.started, self.wait, self.refresh = model, started, wait, refresh
         self.run_name, self.config_path, self.on_progress = run_name, config_path, on_progress
+        self.steps: list[Step] = job_steps(spec)
+        """The job's steps (a job without ``[[steps]]`` is one: itself)."""
+        self.models = models
+        """Each step's job → the model its requests go to."""
         # cache = false: every run asks afresh, under ids salted with the run's identity.
         self.salt = None if spec.policy.cache else run_identity(run_id=run_id, run_name=run_name)
-        self.fingerprint = compile_fingerprint(spec, model, self.salt)
+        self.salts = {step.job: None if step.spec.policy.cache
+                      else run_identity(run_id=run_id, run_name=run_name) for step in self.steps}
+        self.fingerprint = compile_fingerprint(spec, "|".join(models.values()), self.salt)
+        self.builders: dict[str, RequestBuilder] = {}
+        """Later steps' request builders (templates compiled once a run)."""
+        created = ledger.job_created_at(spec.name)
+        self.first_run_at = (dt.datetime.fromtimestamp(created, tz=dt.UTC) if created
+                             else dt.datetime.now(dt.UTC))
+        self.window: WindowChoice | None = None
+        """The last completion window chosen (``auto``)."""
         self.compiled = CompileReport(job=spec.name, model=model)
         self.compile_waiting: str | None = None
         """The worker whose compile this one is waiting for, if any."""
         self.skipped: set[str] = set()
         """Optional calls the server refused, skipped (notes for the summary)."""
-        self.price: Price | None = price_for(model, load_prices())
-        self.budget = BatchBudget.of(spec.policy.budget, estimate_completion_tokens(spec),
-                                     self.price)
-        """The budget as the batch path applies it (None: nothing capped)."""
+        prices = load_prices()
+        self.price: Price | None = price_for(model, prices)
+        self.budgets = {step.job: BatchBudget.of(step.spec.policy.budget,
+                                                 estimate_completion_tokens(step.spec),
+                                                 price_for(models[step.job], prices))
+                        for step in self.steps}
+        """Each step's budget as the batch path applies it (None: nothing capped). A job
+        without ``[[steps]]`` is its one step; with steps, each step counts its own."""
+        self.budget = self.budgets[self.steps[0].job]
         self.leftover_route = "flex"
         """Where the last round sent batches' leftovers (:mod:`pipeline.leftovers`)."""
 
@@ -234,12 +297,20 @@ class _Run:
         done: str | None = None  # recorded only for a whole compile that finished
         try:
             if only_shards:
-                await anyio.to_thread.run_sync(partial(shard_pending, spec, ledger, self.compiled,
-                                                       budget=self.budget))
+                for step in self.steps:
+                    await anyio.to_thread.run_sync(partial(shard_pending, step.spec, ledger,
+                                                           self.compiled,
+                                                           budget=self.budgets[step.job]))
             else:
+                first = self.steps[0]
                 self.compiled = await anyio.to_thread.run_sync(partial(
-                    compile_job, spec, ledger, refresh=self.refresh, model=self.model,
-                    salt=self.salt, budget=self.budget))
+                    compile_job, first.spec, ledger, refresh=self.refresh,
+                    model=self.models[first.job], salt=self.salts[first.job],
+                    keep_data=len(self.steps) > 1, budget=self.budgets[first.job]))
+                # Later steps: every answered row passed on again (the config or the input
+                # may have changed since the last run), each step sharded as it is fed.
+                for step in self.steps[1:]:
+                    await anyio.to_thread.run_sync(partial(self._feed, step, reset=True))
                 done = self.fingerprint
         finally:
             with anyio.CancelScope(shield=True):
@@ -247,6 +318,60 @@ class _Run:
                     ledger.unlock, compile_lock(spec.name), worker.id, done=done))
         self.compile_waiting = None
         return True
+
+    def _feed(self, step: Step, *, reset: bool = False) -> None:
+        """Pass the previous step's newly answered rows on into ``step`` and shard them."""
+        builder = self.builders.get(step.job)
+        if builder is None:
+            builder = self.builders[step.job] = RequestBuilder(
+                step.spec, model=self.models[step.job], salt=self.salts[step.job])
+        feed_step(step, self.ledger, builder, reset=reset)
+        shard_pending(step.spec, self.ledger, CompileReport(job=step.job, model=builder.model),
+                      budget=self.budgets[step.job])
+
+    async def _advance_steps(self) -> None:
+        """Feed every later step what its previous step answered so far, under the job's
+        compile lock (another worker holding it is feeding or compiling: it is waited for)."""
+        if len(self.steps) == 1 or self.compile_waiting is not None:
+            return
+        spec, ledger, worker = self.spec, self.ledger, self.worker
+        taken, holder, _done = await anyio.to_thread.run_sync(partial(
+            ledger.lock, compile_lock(spec.name), spec.name, worker.id, lease_s=worker.lease_s))
+        if not taken:
+            self.compile_waiting = holder
+            return
+        try:
+            for step in self.steps[1:]:
+                await anyio.to_thread.run_sync(self._feed, step)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(partial(ledger.unlock, compile_lock(spec.name),
+                                                       worker.id))
+
+    def _deadline(self, step: Step) -> dt.datetime | None:
+        """When ``step``'s deadline falls (counted from the job's first run), if it has one and
+        its fallback acts on it."""
+        policy = step.spec.policy
+        if (policy.deadline is None or not policy.fallback.enabled
+                or "deadline" not in policy.fallback.triggers):
+            return None
+        return policy.deadline_at(self.first_run_at)
+
+    def _completion_window(self, step: Step, flexed: FlexReport) -> str:
+        """The window for ``step``'s batches created now: as configured, or (``auto``) the
+        longest that leaves the fallback time for its open requests (:mod:`jobs.window`)."""
+        policy = step.spec.policy
+        if policy.completion_window != "auto":
+            return policy.completion_window
+        counts = self.ledger.open_request_counts(step.job)  # what is open, not the whole job
+        open_requests = sum(counts[status] for status in OPEN_STATUSES)
+        summaries = [orjson.loads(run["summary_json"]) for run in self.ledger.runs(self.spec.name)
+                     if run["summary_json"]]
+        summaries.append({"fallback": {"sent": flexed.sent, "elapsed_s": flexed.elapsed_s}})
+        self.window = choose_window(policy, now=dt.datetime.now(dt.UTC),
+                                    deadline=policy.deadline_at(self.first_run_at),
+                                    requests=open_requests, pace_rps=flex_pace(summaries))
+        return self.window.window
 
     async def _catch_up_compile(self) -> None:
         """While another worker compiles, wait; once it is done, compile only if what it
@@ -263,12 +388,16 @@ class _Run:
         spec, ledger, worker = self.spec, self.ledger, self.worker
         await anyio.to_thread.run_sync(reap_dead_local_workers, ledger, worker, spec.name)
         await self._compile()
-        price = self.price
-        outputs = OutputValidator.for_job(spec)  # one rule for batch lines and flex answers
+        prices = load_prices()
+        step_prices = {step.job: price_for(self.models[step.job], prices) for step in self.steps}
+        # One rule for batch lines and flex answers, per step.
+        outputs = {step.job: OutputValidator.for_job(step.spec) for step in self.steps}
         reconciled = ReconcileReport()
         flexed = FlexReport(tier=spec.policy.fallback.service_tier)
-        deadline = job_deadline(spec, ledger)
-        deadline_at = job_deadline_at(spec, ledger)  # whether a new batch window still fits
+        deadlines = {step.job: self._deadline(step) for step in self.steps}
+        deadline = deadlines[self.steps[0].job]
+        # Whether a new batch window still fits before each step's deadline (leftovers).
+        deadline_ats = {step.job: job_deadline_at(step.spec, ledger) for step in self.steps}
         leftovers = LeftoverReport()
         held = 0
         interval = PollInterval(spec.policy.poll_interval_min_s, spec.policy.poll_interval_max_s)
@@ -281,63 +410,76 @@ class _Run:
                 await anyio.to_thread.run_sync(reap_dead_local_workers, ledger, worker, spec.name)
                 if self.compile_waiting is not None:
                     await self._catch_up_compile()
-                late = deadline_passed(deadline)
-                created = 0
-                held_shards = 0
-                if late:
-                    # Nothing new goes to the batch path; what is in flight is cancelled, and
-                    # whatever the cancelled batches did not finish goes to the fallback.
-                    drop_unsubmitted(ledger, spec.name, worker)
-                    # What is left unsubmitted is a shard caught in ``submitting`` by a crash:
-                    # its batch may exist. Resolve it (adopt, else create) so it can be cancelled.
-                    resolved = await submit_shards(ledger, client, spec.name,
-                                                   completion_window=spec.policy.completion_window,
-                                                   worker=worker, shard_dir=shard_dir)
-                    created = resolved.created
-                    await cancel_in_flight(ledger, client, spec.name)
-                else:
-                    submitted = await submit_shards(ledger, client, spec.name,
-                                                    completion_window=spec.policy.completion_window,
-                                                    worker=worker, shard_dir=shard_dir,
-                                                    budget=self.budget)
-                    created = submitted.created
-                    held_shards = submitted.held_by_budget
-                    touched_uploads |= bool(submitted.uploaded or submitted.adopted_files)
-                    self.skipped.update(submitted.notes)
-                polled = await poll_batches(ledger, client, spec.name, worker)
-                poll_calls += polled.calls
-                round_reconciled = await reconcile_shards(
-                    ledger, client, spec.name, spec.workdir_path / "downloads", price,
-                    outputs=outputs, worker=worker,
-                )
-                reconciled.add(round_reconciled)
-                round_left = LeftoverReport()
-                if not late:
-                    round_left = await anyio.to_thread.run_sync(partial(
-                        rebatch_leftovers, ledger, spec, deadline_at, worker,
-                        batches_running=partial(self._batches_running, held_shards)))
-                    leftovers.add(round_left)
-                    self.leftover_route = round_left.route
-                    if round_left.rebatched and self.compile_waiting is None:
-                        await self._compile(only_shards=True)  # submitted next round
-                round_flexed = FlexReport(tier=flexed.tier)
-                if not flexed.daily_limit:  # stopped for today: the batches go on, flex waits
-                    round_flexed = await finish_leftovers(ledger, client, spec, price,
-                                                          deadline_passed=late, worker=worker,
-                                                          keep=round_left.keep_for_batch(spec))
-                flexed.add(round_flexed)
-                steps = count_steps(ledger, spec.name)
+                created = held_shards = 0
+                changed = False
+                statuses: dict[str, int] = {}
+                for step in self.steps:
+                    job = step.job
+                    late = deadline_passed(deadlines[job])
+                    window = self._completion_window(step, flexed)
+                    if late:
+                        # Nothing new goes to the batch path; what is in flight is cancelled,
+                        # and whatever the cancelled batches did not finish goes to the fallback.
+                        drop_unsubmitted(ledger, job, worker)
+                        # What is left unsubmitted is a shard caught in ``submitting`` by a
+                        # crash: its batch may exist. Resolve it (adopt, else create) so it can
+                        # be cancelled.
+                        resolved = await submit_shards(ledger, client, job,
+                                                       completion_window=window,
+                                                       worker=worker, shard_dir=shard_dir)
+                        created += resolved.created
+                        await cancel_in_flight(ledger, client, job)
+                    else:
+                        submitted = await submit_shards(ledger, client, job,
+                                                        completion_window=window,
+                                                        worker=worker, shard_dir=shard_dir,
+                                                        budget=self.budgets[job])
+                        created += submitted.created
+                        held_shards += submitted.held_by_budget
+                        touched_uploads |= bool(submitted.uploaded or submitted.adopted_files)
+                        self.skipped.update(submitted.notes)
+                    polled = await poll_batches(ledger, client, job, worker)
+                    poll_calls += polled.calls
+                    for status, n in polled.statuses.items():
+                        statuses[status] = statuses.get(status, 0) + n
+                    round_reconciled = await reconcile_shards(
+                        ledger, client, job, spec.workdir_path / "downloads", step_prices[job],
+                        outputs=outputs[job], worker=worker,
+                    )
+                    reconciled.add(round_reconciled)
+                    round_left = LeftoverReport()
+                    if not late:
+                        round_left = await anyio.to_thread.run_sync(partial(
+                            rebatch_leftovers, ledger, step.spec, deadline_ats[job], worker,
+                            batches_running=partial(self._batches_running, job, held_shards)))
+                        leftovers.add(round_left)
+                        self.leftover_route = round_left.route
+                        if round_left.rebatched and self.compile_waiting is None:
+                            await self._compile(only_shards=True)  # submitted next round
+                    round_flexed = FlexReport(tier=flexed.tier)
+                    if not flexed.daily_limit:  # stopped for today: batches go on, flex waits
+                        round_flexed = await finish_leftovers(
+                            ledger, client, step.spec, step_prices[job], deadline_passed=late,
+                            worker=worker, keep=round_left.keep_for_batch(step.spec))
+                    flexed.add(round_flexed)
+                    changed |= bool(polled.changed or round_reconciled.shards
+                                    or round_flexed.sent)
+                # Later steps take what their previous steps answered this round.
+                await self._advance_steps()
+                step_counts = {step.job: count_steps(ledger, step.job) for step in self.steps}
+                steps = _summed(list(step_counts.values()))
                 if on_progress := self.on_progress:
+                    requests = _summed([ledger.request_counts(step.job) for step in self.steps])
                     on_progress(Progress(spec.name, rounds, time.monotonic() - self.started,
-                                         steps, ledger.request_counts(spec.name),
-                                         polled.statuses))
+                                         steps, requests, statuses))
                 in_flight = sum(steps[step] for step in IN_FLIGHT_STEPS)
                 # Shards the budget keeps compiled are not in flight: nothing moves them.
                 active = in_flight - steps[ShardStep.COMPILED.value]
                 # What is left is asked of the open requests only (the status index), and only
                 # once no shard is moving: a round costs what is still to do, not what the job
                 # holds (issue 12: O(work), not O(job)). While shards move, it is not needed.
-                still_open = ledger.open_request_counts(spec.name) if active == 0 else None
+                still_open = (_summed([ledger.open_request_counts(step.job)
+                                       for step in self.steps]) if active == 0 else None)
                 open_requests = (sum(still_open[status.value] for status in OPEN_REQUESTS)
                                  if still_open is not None else -1)
                 pending = still_open[RequestStatus.PENDING.value] if still_open is not None else 0
@@ -357,30 +499,31 @@ class _Run:
                     and (pending == 0 or self.compiled.budget_reached is not None)) else 0
                 finished = in_flight == 0 and open_requests == 0 and self.compile_waiting is None
                 if finished and touched_uploads:
-                    swept = await sweep_orphan_uploads(ledger, client, spec.name, self.skipped)
+                    for step in self.steps:
+                        swept += await sweep_orphan_uploads(ledger, client, step.job,
+                                                            self.skipped)
                     touched_uploads = False
                 if (finished or not self.wait or flexed.budget_exhausted or held
                         or (flexed.daily_limit and in_flight == 0)):
                     break
-                changed = bool(polled.changed or round_reconciled.shards or round_flexed.sent
-                               or created)
-                await anyio.sleep(interval.next(changed=changed))
-        requests = ledger.request_counts(spec.name)
+                await anyio.sleep(interval.next(changed=changed or bool(created)))
+        step_requests = {step.job: ledger.request_counts(step.job) for step in self.steps}
+        requests = _summed(list(step_requests.values()))
         summary = RunSummary(
             job=spec.name,
             run_id=self.run_id,
             backend=describe_backend(spec),
             model=self.model,
             ledger=ledger.url,
-            output=str(spec.output_path),
+            output=str(self.steps[-1].spec.output_path),
             finished=finished,
             elapsed_s=round(time.monotonic() - self.started, 3),
             compile=self.compiled.as_dict(),
             requests=requests,
             shards=steps,
-            rows=ledger.row_counts(spec.name),
+            rows=ledger.row_counts(self.steps[0].job),
             reconciled=asdict(reconciled),
-            totals=ledger.request_totals(spec.name),
+            totals=_summed_totals([ledger.request_totals(step.job) for step in self.steps]),
             rounds=rounds,
             poll_calls=poll_calls,
             left_retryable=requests[RequestStatus.RETRYABLE.value],
@@ -388,11 +531,16 @@ class _Run:
             deadline=deadline.isoformat() if deadline is not None else None,
             budget_exhausted=flexed.budget_exhausted or (self._held_cap() if held else None),
             worker=worker.id,
-            cost_known=price is not None,
+            cost_known=all(p is not None for p in step_prices.values()),
+            completion_window=self.window.window if self.window else spec.policy.completion_window,
+            steps={step.name: {"job": step.job, "rows": ledger.row_counts(step.job),
+                               "requests": step_requests[step.job]}
+                   for step in self.steps} if spec.steps else {},
             budget_held=held,
             leftovers={"rebatched": leftovers.rebatched, "to_flex": leftovers.to_flex,
                        "mode": spec.policy.fallback.leftovers},
-            paths=cost_by_path(ledger, spec.name, price),
+            paths=_summed_paths([cost_by_path(ledger, step.job, step_prices[step.job])
+                                 for step in self.steps]),
         )
         self._notes(summary, swept, flexed, in_flight, open_requests)
         if spec.evaluate is not None and summary.finished and is_settled(requests):
@@ -407,21 +555,22 @@ class _Run:
         the first compiled shard would pass."""
         if self.compiled.budget_reached is not None or self.budget is None:
             return self.compiled.budget_reached
-        shard = next((s for s in self.ledger.shards(self.spec.name)
+        shard = next((s for s in self.ledger.shards(self.steps[0].job)
                       if s["step"] == ShardStep.COMPILED.value), None)
         if shard is None:
             return None
-        return self.budget.refusal(self.ledger, self.spec.name, shard["lines"], shard["bytes"])
+        return self.budget.refusal(self.ledger, self.steps[0].job, shard["lines"], shard["bytes"])
 
-    def _batches_running(self, held_shards: int) -> int:
-        """Shards on their way, and requests waiting to be sharded (leftovers moved by a run
-        that died before sharding them): the batch path is still busy. What the budget holds
-        back is not running, so leftovers do not wait for it."""
-        steps = count_steps(self.ledger, self.spec.name)
+    def _batches_running(self, job: str, held_shards: int) -> int:
+        """Shards of ``job`` on their way, and requests waiting to be sharded (leftovers moved
+        by a run that died before sharding them): the batch path is still busy. What the
+        budget holds back is not running, so leftovers do not wait for it."""
+        steps = count_steps(self.ledger, job)
         running = sum(steps[step] for step in IN_FLIGHT_STEPS)
         if held_shards or self.compiled.budget_reached:
             return running - steps[ShardStep.COMPILED.value]
-        return running + self.ledger.request_counts(self.spec.name)[RequestStatus.PENDING.value]
+        pending = self.ledger.open_request_counts(job)[RequestStatus.PENDING.value]
+        return running + pending
 
     def _notes(self, summary: RunSummary, swept: int, flexed: FlexReport, in_flight: int,
                open_requests: int) -> None:
@@ -429,6 +578,8 @@ class _Run:
         notes = summary.notes
         if not summary.cost_known:
             notes.append(unpriced(self.model))
+        if self.window is not None:
+            notes.append(f"completion window {self.window.window}: {self.window.reason}")
         notes.extend(sorted(self.skipped))
         if swept:
             notes.append(f"deleted {swept} stray uploads of this job's shards left by an interrupted run")
@@ -464,8 +615,11 @@ class _Run:
                 notes.append(f"{open_requests} requests still open: run again to continue")
             if self.compile_waiting is not None:
                 notes.append(f"worker {self.compile_waiting} is compiling the job")
-            others = {who: held for who, held in self.ledger.live_claims(spec.name).items()
-                      if who != self.worker.id}
+            claims: dict[str, dict[str, int]] = {}
+            for job in dict.fromkeys([spec.name, *(step.job for step in self.steps)]):
+                for who, held in self.ledger.live_claims(job).items():
+                    claims.setdefault(who, {}).update(held)
+            others = {who: held for who, held in claims.items() if who != self.worker.id}
             for who, held in sorted(others.items()):
                 what = ", ".join(f"{n} {kind}" for kind, n in sorted(held.items()))
                 notes.append(f"worker {who} holds {what}")

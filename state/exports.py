@@ -43,6 +43,8 @@ class RowOutcome:
     received_at: float | None
     result_error: str | None = None
     """What was wrong with the stored result (None for a clean answer)."""
+    data: bytes | None = None
+    """The row as its step read it (JSON), for a later step of a multi-step job."""
 
     @property
     def kept_answer(self) -> bool:
@@ -73,6 +75,7 @@ def row_outcomes(db: Database, job: str, row_keys: Iterable[str]) -> dict[str, R
             rw.c.row_key, rw.c.row_index, rw.c.custom_id, rw.c.reason,
             rq.c.status, rq.c.last_error, rq.c.tier, rq.c.prompt_tokens, rq.c.completion_tokens,
             rs.c.status_code, rs.c.body, rs.c.parsed_json, rs.c.received_at, rs.c.error_json,
+            rw.c.data,
         )
         .select_from(
             rw.outerjoin(rq, rq.c.custom_id == rw.c.custom_id)
@@ -100,6 +103,7 @@ def row_outcomes(db: Database, job: str, row_keys: Iterable[str]) -> dict[str, R
                 parsed=row.parsed_json,
                 received_at=row.received_at,
                 result_error=row.error_json,
+                data=None if row.data is None else decompress(row.data),
             )
     return found
 

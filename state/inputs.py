@@ -24,7 +24,7 @@ __all__ = ["has_rows", "iter_pending", "iter_shard", "record_compiled", "record_
 
 _OK, _REJECTED = RowStatus.OK.value, RowStatus.REJECTED.value
 _PENDING = RequestStatus.PENDING.value
-_ROW_COLUMNS = ("job", "row_key", "row_index", "custom_id", "status", "reason")
+_ROW_COLUMNS = ("job", "row_key", "row_index", "custom_id", "status", "reason", "data")
 _REQUEST_COLUMNS = (
     "custom_id",
     "endpoint",
@@ -51,7 +51,8 @@ def record_rows(db: Database, job: str, rows: Iterable[RowRecord]) -> int:
     for chunk in chunked(rows, CHUNK_SIZE):
         params = [
             (job, row.row_key, row.row_index, row.custom_id,
-             _OK if row.reason is None else _REJECTED, row.reason)
+             _OK if row.reason is None else _REJECTED, row.reason,
+             None if row.data is None else compress(row.data))
             for row in chunk
         ]
         with db.transaction("record_rows") as connection:
@@ -107,7 +108,8 @@ def record_compiled(db: Database, job: str, rows: Sequence[RowRecord],
     request_params.sort(key=_first)  # see record_requests: key order keeps pages neighbours
     row_params = [
         (job, row.row_key, row.row_index, row.custom_id,
-         _OK if row.reason is None else _REJECTED, row.reason)
+         _OK if row.reason is None else _REJECTED, row.reason,
+         None if row.data is None else compress(row.data))
         for row in rows
     ]
     new = 0

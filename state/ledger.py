@@ -27,13 +27,14 @@ import orjson
 from sqlalchemy import Connection, Update, bindparam, insert, select, update
 
 from pipeline.errors import LedgerError
-from state import claims, cleanup, exports, inputs, inspection, reports, retries, spend
+from state import claims, cleanup, exports, inputs, inspection, reports, retries, spend, steps
 from state import evaluations as scoring
 from state import results as reconcile
 from state import schema as t
 from state.engine import CHUNK_SIZE, PAGE_SIZE, Database, chunked
 from state.records import (
     AdapterRecord,
+    FeedRow,
     OpenRequest,
     QuarantineRecord,
     RequestRecord,
@@ -290,6 +291,28 @@ class Ledger:
         moved = connection.execute(statement).scalars().all()
         if len(moved) != len(ids) or set(moved) != set(ids):
             raise _NotWhole(key)
+
+    # ---------------------------------------------------------------- multi-step jobs
+
+    def rows_to_feed(self, job: str, *, after: str = "", fed_too: bool = False) -> list[FeedRow]:
+        """A page of ``job``'s rows (row keys after ``after``, in order) whose request settled
+        (succeeded or failed) since the row was last fed to the next step — ``fed`` is not its
+        ``custom_id`` — and its rejected rows never fed; each with its data and answer.
+        ``fed_too``: every settled or rejected row, fed or not (``plan`` reads them so)."""
+        return steps.rows_to_feed(self._db, job, after=after, fed_too=fed_too)
+
+    def mark_fed(self, job: str, marks: Sequence[tuple[str, str]]) -> int:
+        """Record (row key, custom_id passed on — ``""`` for a rejected row) for ``job``'s rows."""
+        return steps.mark_fed(self._db, job, marks)
+
+    def reset_fed(self, job: str) -> int:
+        """Forget which of ``job``'s rows were fed: the next feed passes every one on again."""
+        return steps.reset_fed(self._db, job)
+
+    def drop_rows(self, jobs: Sequence[str], row_keys: Iterable[str]) -> int:
+        """Delete the rows with ``row_keys`` from each of ``jobs`` (rows that no longer reach a
+        step); their requests and answers stay, as any request's do."""
+        return steps.drop_rows(self._db, jobs, row_keys)
 
     # ---------------------------------------------------------------- status moves
 

@@ -11,6 +11,7 @@ from state.status import OUTCOMES, RequestStatus, ResultSource
 
 __all__ = [
     "AdapterRecord",
+    "FeedRow",
     "OpenRequest",
     "QuarantineRecord",
     "RequestRecord",
@@ -29,6 +30,8 @@ class RowRecord:
     row_index: int
     custom_id: str | None
     reason: str | None
+    data: bytes | None = None
+    """The row as JSON, kept for a multi-step job's next step (None otherwise)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,21 @@ class StoredResult:
     source: ResultSource
     batch_id: str | None
     received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRow:
+    """A row of a step settled since it was last fed to the next step (:mod:`jobs.steps`):
+    its data, and its request's status and stored answer."""
+
+    row_key: str
+    row_index: int
+    custom_id: str | None
+    data: bytes | None
+    status: RequestStatus | None
+    """None for a rejected row."""
+    body: bytes | None
+    parsed: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 #: The schema this groqbatch writes. Bump it together with a step in :data:`MIGRATIONS`.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -107,6 +107,11 @@ rows = Table(
     Column("custom_id", String, nullable=True),
     Column("status", String, nullable=False),  # RowStatus
     Column("reason", Text, nullable=True),
+    # Multi-step jobs (v3): the row as its step reads it (JSON, see engine.compress), kept so
+    # the next step can be fed from the ledger; and the custom_id whose answer this row last
+    # passed on to the next step (NULL: not yet). Both NULL for a job without steps.
+    Column("data", LargeBinary, nullable=True),
+    Column("fed", String, nullable=True),
     # (custom_id, job) rather than (custom_id): "is this request wanted by job J" is then
     # answered from the index alone, which iter_pending and request_counts ask per request.
     Index("ix_rows_custom_id", "custom_id", "job"),
@@ -394,8 +399,14 @@ def _v1_to_v2(connection: Connection) -> None:
     )
 
 
+def _v2_to_v3_step_rows(connection: Connection) -> None:
+    """Multi-step jobs: a row's data (what its step reads) and its feed marker (``rows.data``,
+    ``rows.fed``; see :mod:`jobs.steps`)."""
+    _add_columns(connection, rows, ["data", "fed"])
+
+
 #: Known steps, keyed by the version they start from.
-MIGRATIONS: Mapping[int, Migration] = {1: _v1_to_v2}
+MIGRATIONS: Mapping[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3_step_rows}
 
 _VERSION_KEY = "schema_version"
 

@@ -147,9 +147,11 @@ class Audit:
                     or self.quarantined or self.token_mismatch or self.unanswered)
 
 
-def audit(config: Path, job: str, server_url: str, api_key: str) -> Audit:
-    """Compare the job's ledger with the server (see the module docstring)."""
-    ledger_path = load_job(config).ledger_target
+def audit(config: Path, job: str, server_url: str, api_key: str, *,
+          ledger_path: Path | None = None) -> Audit:
+    """Compare the job's ledger with the server (see the module docstring). ``ledger_path``:
+    where the ledger is when it is not the job's own (a step of a multi-step job)."""
+    ledger_path = ledger_path or load_job(config).ledger_target
     report = Audit()
     with httpx.Client(base_url=server_url, headers={"Authorization": f"Bearer {api_key}"},
                       timeout=30) as http:

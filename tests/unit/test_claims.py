@@ -140,7 +140,7 @@ def test_dead_workers_of_this_host_are_reaped_at_once(ledger: Ledger) -> None:
 
 
 def test_schema_is_the_version_with_claims() -> None:
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3  # 2: claims; 3: multi-step rows (rows.data, rows.fed)
 
 
 def test_a_version_1_ledger_is_migrated_with_its_data(tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_a_version_1_ledger_is_migrated_with_its_data(tmp_path: Path) -> None:
         db.execute("DROP INDEX ix_requests_claimed_by")
         for table, column in (("shards", "claimed_by"), ("shards", "lease_until"),
                               ("requests", "claimed_by"), ("requests", "lease_until"),
-                              ("results", "run_id")):
+                              ("results", "run_id"), ("rows", "data"), ("rows", "fed")):
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         for table in ("leases", "workers", "result_history"):
             db.execute(f"DROP TABLE {table}")
@@ -164,7 +164,7 @@ def test_a_version_1_ledger_is_migrated_with_its_data(tmp_path: Path) -> None:
         assert claimed["key"] == key
         assert ledger.lock("compile:job", "job", "w1", lease_s=60)[0]
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
         indexes = {row[1] for row in db.execute("PRAGMA index_list(requests)")}
         assert "ix_requests_claimed_by" in indexes
 
