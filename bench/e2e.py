@@ -77,7 +77,7 @@ def write_config(folder: Path, rows_path: Path, base_url: str, poll_s: float) ->
     config = folder / "job.toml"
     config.write_text(
         f'name = "e2e"\nbackend = "local"\nbase_url = "{base_url}"\nmodel = "{MODEL}"\n'
-        f'workdir = "{folder / "work"}"\n'
+        f'workdir = "{folder / "work"}"\nledger = "{folder / "ledger.sqlite"}"\n'
         f'[input]\npath = "{rows_path}"\nid_column = "id"\n'
         '[prompt]\nuser = "{{ text }}"\nmax_completion_tokens = 16\n'
         f"[policy]\nmax_lines_per_shard = {LINES_PER_FILE}\n"
@@ -169,10 +169,9 @@ def check_groqbatch(summary: dict[str, Any], folder: Path, rows: int) -> None:
     counts = summary.get("requests") or {}
     if counts.get("succeeded") != rows:
         raise NotDone(f"groqbatch summary: {counts} for {rows} rows")
-    ledgers = list((folder / "work").glob("*.sqlite")) or list(folder.rglob("*.sqlite"))
-    if not ledgers:
+    if not (folder / "ledger.sqlite").exists():
         raise NotDone("groqbatch left no ledger to check")
-    with Ledger.open(ledgers[0]) as ledger:
+    with Ledger.open(folder / "ledger.sqlite") as ledger:
         answered = ledger.request_counts("e2e").get("succeeded", 0)
     if answered != rows:
         raise NotDone(f"groqbatch ledger: {answered} answered of {rows}")

@@ -113,7 +113,7 @@ def ledger_ids(config: Path, job: str) -> set[str]:
 
 def ledger_of(config: Path, job: str) -> Path:
     """The job's ledger (a step's job is ``<job>.<step>``; the ledger is the job's)."""
-    return config.parent / ".groqbatch" / f"{job.split('.')[0]}.sqlite"
+    return Path(load_job(config).ledger_target)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

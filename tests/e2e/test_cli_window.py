@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jobs import load_job
 from pipeline.emulator import Emulator, EmulatorConfig
 from tests.e2e.cli import run_cli
 from tests.integration.lifecycle import write_job
@@ -33,7 +34,7 @@ def test_auto_creates_batches_with_the_longest_window_that_leaves_the_reserve(
     assert summary["completion_window"] == "107h"
     assert any("completion window 107h: auto: the deadline is in" in note
                for note in summary["notes"])
-    assert created_windows(tmp_path / ".groqbatch" / "life" / "local-server") == ["107h", "107h"]
+    assert created_windows(load_job(config).workdir_path / "local-server") == ["107h", "107h"]
     planned = run_cli("plan", str(config))
     assert planned.returncode == 0, planned.stderr
     assert "completion window: 107h (auto: the deadline is in" in planned.stdout
@@ -44,4 +45,4 @@ def test_auto_without_a_deadline_is_24h(tmp_path: Path) -> None:
     result = run_cli("run", str(config), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["completion_window"] == "24h"
-    assert created_windows(tmp_path / ".groqbatch" / "life" / "local-server") == ["24h"]
+    assert created_windows(load_job(config).workdir_path / "local-server") == ["24h"]

@@ -23,6 +23,7 @@ import httpx
 import orjson
 import pytest
 
+from jobs import load_job
 from state import Ledger
 from tests.e2e.cli import ServeProcess
 from tests.e2e.crash import Kill, _all_batches, run_crashing, run_to_completion
@@ -92,7 +93,7 @@ def test_a_kill_while_rebatching_loses_and_duplicates_nothing(
     assert summary["requests"]["succeeded"] == ROWS
     batches, sent, answered, flexed = server_view(serve, job)
     assert flexed == 0  # the leftovers went to a batch, not to flex
-    with Ledger.open(config.parent / ".groqbatch" / f"{job}.sqlite") as ledger:
+    with Ledger.open(load_job(config).ledger_target) as ledger:
         shards = ledger.shards(job)
         attempts = {r.custom_id: r.attempts for r in ledger.iter_requests(job, "succeeded")}
         results = list(ledger.results_for(list(attempts)))
