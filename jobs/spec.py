@@ -104,6 +104,11 @@ class InputSpec(_Table):
     """Use only the first N rows (after ``where``): for trial runs."""
     where: dict[str, Scalar | list[Scalar]] = {}
     """Keep only rows whose columns equal these values (a list means "any of")."""
+    allow_empty: bool = Field(False, description=(
+        "Whether a job with nothing to send is fine. By default an input with no rows (after "
+        "`where`), or whose every row is rejected (a template naming a missing column), is an "
+        "error: `validate`, `plan` and `run` exit 2. Set true for inputs that are sometimes "
+        "empty (a nightly job over a day with no new rows)."))
 
     @model_validator(mode="after")
     def _known_format(self) -> InputSpec:

@@ -26,7 +26,7 @@ import anyio
 from jobs import JobSpec, PlanReport, job_from_dict, load_job
 from jobs.load import with_ledger
 
-from .errors import ConfigError
+from .errors import ConfigError, NoLedgerError
 from .export import iter_results
 from .planning import existing_ledger, plan_config
 from .runner import RunSummary, run_job
@@ -79,8 +79,7 @@ def results(job: JobLike, *, only_succeeded: bool = False) -> Iterator[dict[str,
     spec, _ = _job(job)
     ledger = existing_ledger(spec)
     if ledger is None:
-        raise ConfigError(f"job {spec.name!r} has not run yet: no ledger at {spec.ledger_target}",
-                          field="ledger")
+        raise NoLedgerError(spec.name, spec.ledger_target)
     with ledger:
         yield from iter_results(spec, ledger, only_succeeded=only_succeeded)
 

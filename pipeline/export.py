@@ -64,7 +64,7 @@ from state import Ledger
 from state.engine import chunked
 from state.exports import ExportRecord, RowOutcome
 
-from .errors import ConfigError, os_error_reason
+from .errors import ConfigError, NoLedgerError, os_error_reason
 from .planning import existing_ledger
 
 __all__ = ["CHUNK_ROWS", "FIXED_COLUMNS", "ExportReport", "export_config", "export_job"]
@@ -487,7 +487,6 @@ def export_config(spec: JobSpec, **options: Any) -> ExportReport:
     """:func:`export_job` on the job's own ledger, which must exist (the job has run)."""
     ledger = existing_ledger(spec)
     if ledger is None:
-        raise ConfigError(f"job {spec.name!r} has no ledger yet at {spec.ledger_target}: "
-                          "nothing has run, so there is nothing to export", field="ledger")
+        raise NoLedgerError(spec.name, spec.ledger_target, what="there is nothing to export")
     with ledger:
         return export_job(spec, ledger, **options)

@@ -26,7 +26,12 @@ exactly as compiled. A continuous pipeline keeps ``concurrency`` calls in flight
   request, recorded with their body — except 401/403, which are about the key, not the request:
   nothing more is sent, what was claimed goes back to retryable, and the stage raises the
   :class:`AuthenticationError`. A request whose ``max_attempts`` are spent fails with its last
-  error.
+  error. When the first ``HALT_AFTER`` permanent errors are the same one and nothing has been
+  answered, the cause is the job's, not the requests': the stage stops sending, the requests it
+  claimed but did not send go back to retryable (their attempt given back), and
+  ``FlexReport.halted`` names the error once. They stay retryable rather than failed because
+  nothing was asked for them: once the cause is fixed (the model enabled, a typo corrected), a
+  run sends them; until then each run spends at most ``HALT_AFTER`` calls finding out.
 - **Pace.** An anyio ``CapacityLimiter`` bounds concurrency; :class:`Pacer` reads the
   ``x-ratelimit-*`` headers of each answer. The server's buckets refill continuously, so the
   refill rate is ``(limit - remaining) / reset``; once few requests (or tokens) are left, calls
@@ -44,7 +49,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -96,6 +101,10 @@ calls always break off does count them."""
 RECORD_WAIT_S = 0.05
 """How long the recorder lets outcomes gather before writing them (bounds commits to ~20/s)."""
 FLEX_PREFIX = "flex: "
+HALT_AFTER = 5
+"""Identical permanent errors (same status and error body) after which a stage that has had no
+answer at all stops sending: a job-wide cause (a model that does not exist, an endpoint the
+account may not use) would fail every request the same way, and each call is spent."""
 
 
 def trigger_of(last_error: str | None) -> str:
@@ -145,16 +154,21 @@ class FlexReport:
     budget_exhausted: str | None = None
     """Which budget stopped the stage, if one did."""
     elapsed_s: float = 0.0
+    halted: str | None = None
+    """The permanent error every call got, when the stage stopped sending because of it."""
+    unsent: int = 0
+    """Requests claimed, then given back unsent because the stage halted."""
 
     def add(self, other: FlexReport) -> None:
         """Fold one round's report into a run's."""
         for name in ("sent", "succeeded", "failed", "requeued", "gave_up", "recovered_in_flight",
                      "invalid_output", "prompt_tokens", "completion_tokens", "cost_usd",
-                     "elapsed_s"):
+                     "elapsed_s", "unsent"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for key, count in other.status_counts.items():
             self.status_counts[key] = self.status_counts.get(key, 0) + count
         self.budget_exhausted = other.budget_exhausted or self.budget_exhausted
+        self.halted = other.halted or self.halted
 
     @property
     def pace_rps(self) -> float:
@@ -285,9 +299,12 @@ RECOVERED = FLEX_PREFIX + "recovered after an interrupted run"
 async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, price: Price | None, *,
                            deadline_passed: bool = False,
                            retry: RetryPolicy | None = None,
-                           worker: Worker | None = None) -> FlexReport:
+                           worker: Worker | None = None,
+                           on_record: Callable[[FlexReport], None] | None = None) -> FlexReport:
     """Send the job's eligible retryable requests through the synchronous path until none is
-    left (or the budget stops it). Requests not eligible under the job's triggers stay put."""
+    left (or the budget stops it). Requests not eligible under the job's triggers stay put.
+    ``on_record`` is called with the stage's report so far after each chunk of outcomes is
+    recorded (the progress display)."""
     fallback = spec.policy.fallback
     report = FlexReport(tier=fallback.service_tier)
     if not fallback.enabled:
@@ -304,6 +321,8 @@ async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, pr
     dropped = frozenset(s["key"] for s in ledger.shards(spec.name) if s["step"] == ShardStep.DROPPED)
     stage = _Stage(ledger, client, spec, price, report, budget, triggers, retry or RetryPolicy(),
                    dropped, worker)
+    stage.on_record = on_record
+    stage.started = started
     await stage.run()
     report.elapsed_s = round(time.monotonic() - started, 3)
     if stage.refused is not None:
@@ -337,6 +356,12 @@ class _Stage:
         """custom_id → calls of this stage that got no answer at all (transport failures)."""
         self.in_flight = 0
         """Calls moved to in_flight whose outcome is not yet recorded in the ledger."""
+        self.on_record: Callable[[FlexReport], None] | None = None
+        self.started = time.monotonic()
+        self.answered = False
+        """A call of this stage got a 200: the job's requests can be answered."""
+        self.permanent: dict[str, int] = {}
+        """Permanent error (status and body) → calls that got it, while nothing is answered."""
         self.refused: AuthenticationError | ServerUnavailableError | None = None
         """A 401/403 (the key is wrong or not allowed), or a server that stopped answering. Not
         the request's fault — nothing more is sent, what was claimed goes back to retryable, and
@@ -368,7 +393,7 @@ class _Stage:
                 claimed = 0
                 group: list[_Call] = []
                 for request in self.ledger.iter_requests(self.spec.name, RequestStatus.RETRYABLE):
-                    if self.refused is not None:
+                    if self.refused is not None or self.report.halted is not None:
                         break
                     call = self._next_call(request)
                     if call is None:
@@ -387,7 +412,8 @@ class _Stage:
                     if len(group) >= group_size:
                         claimed += await self._dispatch(group, send)
                         group = []
-                if self.refused is not None:
+                if self.refused is not None or self.report.halted is not None:
+                    await self._release(group)
                     return
                 claimed += await self._dispatch(group, send)
                 if claimed:
@@ -475,6 +501,9 @@ class _Stage:
                 if self.refused is not None:  # claimed before the refusal: back, unsent
                     await send.send(_Outcome(call, error=self.refused))
                     continue
+                if self.report.halted is not None:  # claimed before the halt: back, unsent
+                    await self._give_back(call)
+                    continue
                 async with limiter:
                     await self.pacer.wait_turn()  # here, not in the producer: queued calls wait too
                     await send.send(await self._attempt(call))
@@ -489,14 +518,51 @@ class _Stage:
             self.refused = self.refused or exc
             return _Outcome(call, error=exc)
         except PermanentAPIError as exc:
-            return _Outcome(call, result=self._failed(call, exc))
+            result = self._failed(call, exc)
+            self._watch_permanent(exc, result)
+            return _Outcome(call, result=result)
         except APIError as exc:
             if isinstance(exc, RateLimitedError):
                 # Now, not when the outcome is recorded: no other call goes out meanwhile.
                 self.pacer.pause(self._backoff_s(call.attempts, exc))
             return _Outcome(call, error=exc)
         self.pacer.observe(reply.rate_limits)
+        self.answered = True
         return _Outcome(call, result=self._succeeded(call, reply))
+
+    def _watch_permanent(self, exc: PermanentAPIError, result: ResultRecord) -> None:
+        """Halt the stage once ``HALT_AFTER`` calls got the same permanent error and none got
+        an answer (see the module docstring)."""
+        if self.answered or result.outcome is not RequestStatus.FAILED:
+            return
+        key = f"{exc.status_code} {result.error}"
+        self.permanent[key] = seen = self.permanent.get(key, 0) + 1
+        if seen >= HALT_AFTER and self.report.halted is None:
+            from .failures import short_reason
+
+            self.report.halted = f"{exc.status_code} {short_reason(result.error)}"
+            log.warning("flex: stopped sending: %d calls got the same permanent error (%s) and "
+                        "none was answered", seen, self.report.halted)
+
+    def _halt_reason(self) -> str:
+        return (f"{FLEX_PREFIX}not sent: the fallback stopped after {HALT_AFTER} calls got the "
+                f"same permanent error ({self.report.halted})")
+
+    async def _release(self, group: list[_Call]) -> None:
+        """Calls built but not claimed: nothing to give back but their budget."""
+        for call in group:
+            self.budget.requests -= 1
+            self._refund(call)
+
+    async def _give_back(self, call: _Call) -> None:
+        """A claimed call not sent (the stage halted): retryable again, attempt given back."""
+        await anyio.to_thread.run_sync(partial(
+            self.ledger.release_requests, [call.custom_id], self.worker.id, self._halt_reason()))
+        self.budget.requests -= 1
+        self._refund(call)
+        self.pending_estimate.pop(call.custom_id, None)
+        self.in_flight -= 1
+        self.report.unsent += 1
 
     def _succeeded(self, call: _Call, reply: ChatReply) -> ResultRecord:
         """A 200 reply: succeeded with its parsed output; or (not parsing or not fitting the
@@ -562,6 +628,9 @@ class _Stage:
                 for outcome in outcomes:
                     self.pending_estimate.pop(outcome.call.custom_id, None)
                 self.in_flight -= len(outcomes)
+                if self.on_record is not None:
+                    self.report.elapsed_s = round(time.monotonic() - self.started, 3)
+                    self.on_record(self.report)
 
     def _settle(self, outcome: _Outcome) -> ResultRecord:
         self.report.sent += 1

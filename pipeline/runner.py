@@ -10,6 +10,7 @@ starts, so running again at any time — after a finished run, a ``--no-wait`` e
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 
 from jobs import CompileReport, JobSpec, compile_job, load_prices, price_for, spec_hash, spec_json
 from jobs.compile import shard_pending
@@ -29,12 +31,16 @@ from .backend import describe_backend, open_client
 from .cancel import cancel_in_flight
 from .deadline import deadline_passed, drop_unsubmitted, job_deadline
 from .evaluate import check_run_identity, evaluate_run, is_settled, run_identity
+from .failures import failure_reasons
 from .flex import FlexReport, finish_leftovers
 from .planning import resolve_model
 from .poll import PollInterval, poll_batches
+from .preflight import check_model, require_input, require_requests
 from .reconcile import ReconcileReport, reconcile_shards
 from .submit import submit_shards, sweep_orphan_uploads
 from .workers import Worker, keep_alive, reap_dead_local_workers, register
+
+log = logging.getLogger("groqbatch.runner")
 
 IN_FLIGHT_STEPS = frozenset(step.value for step in ShardStep) - {
     ShardStep.RECONCILED.value, ShardStep.DROPPED.value}
@@ -42,18 +48,41 @@ IN_FLIGHT_STEPS = frozenset(step.value for step in ShardStep) - {
 
 @dataclass(slots=True)
 class Progress:
-    """A snapshot after one round, for the progress display."""
+    """A snapshot of a run for the progress display: after each round, and while the flex
+    fallback records its answers. What the display shows (:mod:`pipeline.progress`) is read
+    from here alone."""
 
     job: str
     round: int
     elapsed_s: float
     shards: dict[str, int]
+    """Shard step → shards of the job in it."""
     requests: dict[str, int]
+    """Request status → requests of the job in it (the ledger's counts)."""
     batch_statuses: dict[str, int]
+    """Remote batch status (``validating``, ``in_progress``, ``finalizing`` …) → shards whose
+    batch is in it, for shards not yet reconciled."""
+    batch_done: int = 0
+    """Lines the running (and settled, not yet reconciled) batches report done — completed
+    plus failed in their own ``request_counts`` — whose requests the ledger still has as
+    submitted."""
+    batch_lines: int = 0
+    """Lines of those batches in all (their ``request_counts.total``)."""
+    flex_sent: int = 0
+    """Calls the flex fallback made so far in this run."""
+    flex_pace_rps: float = 0.0
+    compiling: bool = False
+    """Another worker is compiling the job; this one waits."""
+
+    @property
+    def answered(self) -> int:
+        """Requests settled in the ledger: succeeded or failed."""
+        return self.requests.get("succeeded", 0) + self.requests.get("failed", 0)
 
     @property
     def done(self) -> int:
-        return self.requests.get("succeeded", 0) + self.requests.get("failed", 0)
+        """Requests answered, counting the lines running batches report done."""
+        return self.answered + self.batch_done
 
     @property
     def total(self) -> int:
@@ -64,7 +93,36 @@ class Progress:
         """Remaining time at the pace so far; None before anything is done."""
         if self.done == 0 or self.elapsed_s <= 0:
             return None
-        return (self.total - self.done) * self.elapsed_s / self.done
+        return max(self.total - self.done, 0) * self.elapsed_s / self.done
+
+
+@dataclass(slots=True)
+class BatchSnapshot:
+    """The job's shards as the ledger has them: steps, batch statuses and batch progress."""
+
+    steps: dict[str, int]
+    statuses: dict[str, int]
+    done: int
+    lines: int
+
+
+def batch_snapshot(ledger: Ledger, job: str) -> BatchSnapshot:
+    """Shard steps, the batch status of each shard not yet reconciled, and the lines those
+    batches report done (from the ``request_counts`` each poll records)."""
+    steps = {step.value: 0 for step in ShardStep}
+    statuses: dict[str, int] = {}
+    done = lines = 0
+    for shard in ledger.shards(job):
+        steps[shard["step"]] += 1
+        if shard["step"] not in (ShardStep.SUBMITTED.value, ShardStep.SETTLED.value):
+            continue
+        status = shard["batch_status"] or "submitted"
+        statuses[status] = statuses.get(status, 0) + 1
+        raw = shard["request_counts_json"]
+        counts = orjson.loads(raw) if raw else {}
+        done += int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
+        lines += int(counts.get("total") or 0) or int(shard["lines"])
+    return BatchSnapshot(steps, statuses, done, lines)
 
 
 @dataclass(slots=True)
@@ -100,9 +158,24 @@ class RunSummary:
     """This worker's id (``host:pid`` unless ``--worker-id`` named it)."""
     cost_known: bool = True
     """False when the model has no price in ``configs/prices.toml``: ``cost_usd`` counts nothing."""
+    spent: dict[str, float] = field(default_factory=dict)
+    """What this run spent: tokens and cost of the answers it recorded (batch lines it
+    reconciled, flex calls it made). ``totals`` is the whole job's, over every run."""
+    failures: list[tuple[str, int]] = field(default_factory=list)
+    """The most common reasons the job's failed requests failed, with their counts."""
+    unsent_reason: str | None = None
+    """Why requests the run meant to send were left unsent (the budget is spent, the fallback
+    stopped on a permanent error); None when none were, or the job's policy leaves them (the
+    fallback off, a trigger not enabled)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _first_rejection(ledger: Ledger, job: str) -> str | None:
+    for key, index, reason in ledger.rejected_rows(job, limit=1):
+        return f"row {key} (#{index}): {reason}"
+    return None
 
 
 def count_steps(ledger: Ledger, job: str) -> dict[str, int]:
@@ -126,10 +199,15 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
     worker = worker or Worker.make()
     started = time.monotonic()
     check_run_identity(spec, wait=wait, run_name=run_name, config_path=config_path)
+    # A missing input or an unknown model fails before a ledger is made or a run recorded.
+    require_input(spec, config_path)
+    warnings = [] if spec.model is None else await check_model(spec, spec.model, config_path)
     with Ledger.open(spec.ledger_target) as ledger:
         # An unknown or deleted adapter fails here, before anything is recorded or spent.
         model = resolve_model(spec, ledger, config=config_path)
         refuse_unpriced_budget(spec, model, config_path=config_path)  # before anything is spent
+        if spec.model is None:
+            warnings = await check_model(spec, model, config_path)
         ledger.record_job(spec.name, spec_hash(spec), spec_json(spec))
         run_id = ledger.start_run(spec.name, spec.backend, run_name)
         register(ledger, worker, spec.name, run_id)
@@ -143,14 +221,32 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
         except BaseExceptionGroup as failed:
             # The heartbeat never fails, so the group holds the run's own error: raise it as
             # it is, for the CLI's one-line message and exit code.
-            if len(failed.exceptions) == 1:
-                raise failed.exceptions[0]  # noqa: B904 - its own cause is kept
+            error = failed.exceptions[0] if len(failed.exceptions) == 1 else failed
+            _record_failed_run(ledger, run_id, error)
+            if error is not failed:
+                raise error  # noqa: B904 - its own cause is kept
+            raise
+        except Exception as error:
+            _record_failed_run(ledger, run_id, error)
             raise
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(ledger.stop_worker, worker.id)
+        summary.notes[:0] = warnings
         ledger.finish_run(run_id, summary.as_dict())
         return summary
+
+
+def _record_failed_run(ledger: Ledger, run_id: int, error: BaseException) -> None:
+    """A run stopped by an error is finished in the ledger with the reason, not left looking
+    as if it were still going."""
+    from .errors import exit_code_for, redact
+
+    try:
+        ledger.finish_run(run_id, {"failed": redact(str(error) or type(error).__name__),
+                                   "exit_code": exit_code_for(error)})
+    except Exception:
+        log.warning("could not record run %d as failed", run_id, exc_info=True)
 
 
 OPEN_REQUESTS = (RequestStatus.PENDING, RequestStatus.QUEUED, RequestStatus.SUBMITTED,
@@ -230,10 +326,41 @@ class _Run:
         else:
             await self._compile()
 
+    def _flex_progress(self, before: dict[str, int],
+                       run_flexed: FlexReport) -> Callable[[FlexReport], None] | None:
+        """While the fallback runs, a Progress per recorded chunk: the round's counts moved on
+        by what the stage has recorded so far (no ledger query per chunk)."""
+        on_progress = self.on_progress
+        if on_progress is None:
+            return None
+        shards = count_steps(self.ledger, self.spec.name)
+
+        def report(stage: FlexReport) -> None:
+            requests = dict(before)
+            settled = stage.succeeded + stage.failed + stage.gave_up
+            requests["succeeded"] = requests.get("succeeded", 0) + stage.succeeded
+            requests["failed"] = requests.get("failed", 0) + stage.failed + stage.gave_up
+            requests["retryable"] = max(requests.get("retryable", 0) - settled, 0)
+            elapsed = run_flexed.elapsed_s + stage.elapsed_s
+            sent = run_flexed.sent + stage.sent
+            on_progress(Progress(self.spec.name, 0, time.monotonic() - self.started, shards,
+                                 requests, {}, flex_sent=sent,
+                                 flex_pace_rps=sent / elapsed if elapsed > 0 else 0.0))
+
+        return report
+
     async def go(self) -> RunSummary:
         spec, ledger, worker = self.spec, self.ledger, self.worker
         await anyio.to_thread.run_sync(reap_dead_local_workers, ledger, worker, spec.name)
-        await self._compile()
+        if await self._compile():
+            report = self.compiled
+            require_requests(spec, self.config_path, rows=report.rows, ok=report.ok,
+                             rejected=report.rejected, example=_first_rejection(ledger, spec.name))
+        if self.on_progress is not None:  # compiled: shown before the first batch is sent
+            batches = batch_snapshot(ledger, spec.name)
+            self.on_progress(Progress(spec.name, 0, time.monotonic() - self.started,
+                                      batches.steps, ledger.request_counts(spec.name), {},
+                                      compiling=self.compile_waiting is not None))
         price = price_for(self.model, load_prices())
         outputs = OutputValidator.for_job(spec)  # one rule for batch lines and flex answers
         reconciled = ReconcileReport()
@@ -276,14 +403,23 @@ class _Run:
                     outputs=outputs, worker=worker,
                 )
                 reconciled.add(round_reconciled)
-                round_flexed = await finish_leftovers(ledger, client, spec, price,
-                                                      deadline_passed=late, worker=worker)
+                if flexed.halted is None:  # once halted, this run sends nothing more
+                    before = ledger.request_counts(spec.name) if self.on_progress else {}
+                    round_flexed = await finish_leftovers(
+                        ledger, client, spec, price, deadline_passed=late, worker=worker,
+                        on_record=self._flex_progress(before, flexed))
+                else:
+                    round_flexed = FlexReport(tier=flexed.tier)
                 flexed.add(round_flexed)
-                steps = count_steps(ledger, spec.name)
+                batches = batch_snapshot(ledger, spec.name)
+                steps = batches.steps
                 requests = ledger.request_counts(spec.name)
                 if on_progress := self.on_progress:
                     on_progress(Progress(spec.name, rounds, time.monotonic() - self.started,
-                                         steps, requests, polled.statuses))
+                                         steps, requests, batches.statuses,
+                                         batch_done=batches.done, batch_lines=batches.lines,
+                                         flex_sent=flexed.sent, flex_pace_rps=flexed.pace_rps,
+                                         compiling=self.compile_waiting is not None))
                 in_flight = sum(steps[step] for step in IN_FLIGHT_STEPS)
                 open_requests = sum(requests[status.value] for status in OPEN_REQUESTS)
                 if (in_flight == 0 and requests[RequestStatus.PENDING.value]
@@ -324,6 +460,10 @@ class _Run:
             budget_exhausted=flexed.budget_exhausted,
             worker=worker.id,
             cost_known=price is not None,
+            spent={"prompt_tokens": reconciled.prompt_tokens + flexed.prompt_tokens,
+                   "completion_tokens": reconciled.completion_tokens + flexed.completion_tokens,
+                   "cost_usd": reconciled.cost_usd + flexed.cost_usd},
+            failures=failure_reasons(ledger, spec.name),
         )
         self._notes(summary, swept, flexed, in_flight, open_requests)
         if spec.evaluate is not None and summary.finished and is_settled(requests):
@@ -345,7 +485,15 @@ class _Run:
         if flexed.recovered_in_flight:
             notes.append(f"{flexed.recovered_in_flight} flex calls cut short by a stopped worker "
                          "were taken back (not counted as attempts)")
-        if flexed.budget_exhausted:
+        if flexed.halted:
+            summary.unsent_reason = (f"the fallback stopped: every call got {flexed.halted}")
+            notes.append(
+                f"the fallback stopped sending after {flexed.failed} calls got the same "
+                f"permanent error and none was answered ({flexed.halted}): "
+                f"{summary.left_retryable} requests are left retryable, unsent; fix the cause "
+                "and run again")
+        elif flexed.budget_exhausted:
+            summary.unsent_reason = f"the budget ({flexed.budget_exhausted}) is spent"
             notes.append(
                 f"the budget ({flexed.budget_exhausted}) is spent: {summary.left_retryable} requests "
                 "are left retryable; raise [policy.budget] and run again to finish them"

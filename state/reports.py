@@ -86,6 +86,22 @@ def row_counts(db: Database, job: str) -> dict[str, int]:
     return counts
 
 
+def failed_errors(db: Database, job: str, limit: int = 50) -> list[tuple[str | None, int]]:
+    """See :meth:`state.Ledger.failed_errors`."""
+    columns = t.requests.c
+    count = func.count().label("n")
+    query = (
+        select(columns.last_error, count)
+        .where(columns.status == RequestStatus.FAILED.value,
+               columns.custom_id.in_(select(t.rows.c.custom_id).where(t.rows.c.job == job)))
+        .group_by(columns.last_error)
+        .order_by(count.desc())
+        .limit(limit)
+    )
+    with db.transaction("failed_errors", write=False) as connection:
+        return [(error, int(n)) for error, n in connection.execute(query)]
+
+
 def rejected_rows(db: Database, job: str, limit: int = 20) -> list[tuple[str, int, str]]:
     """See :meth:`state.Ledger.rejected_rows`."""
     query = (

@@ -99,10 +99,11 @@ def test_run_json_summary_then_status_from_the_ledger(tmp_path: Path) -> None:
     assert "results: in the ledger" in human.stdout
 
 
-def test_status_of_a_job_that_never_ran_is_a_config_error(tmp_path: Path) -> None:
+def test_status_of_a_job_that_never_ran_is_a_ledger_error(tmp_path: Path) -> None:
     config = write_job(tmp_path, rows=2)
     result = run_cli("status", str(config))
-    assert result.returncode == 2
+    assert result.returncode == 3  # no ledger to read: docs/src/guide/exit-codes.md
+    assert result.stderr.splitlines()[0].startswith("error: job 'life' has no ledger yet at ")
     assert "nothing has run" in result.stderr
 
 
