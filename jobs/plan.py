@@ -125,7 +125,18 @@ class PlanReport:
     input_usd_per_m: float | None = None
     output_usd_per_m: float | None = None
     cost_batch_usd: float | None = None
+    """At most, on the batch tier: every answer at ``max_completion_tokens``."""
     cost_on_demand_usd: float | None = None
+    """The same tokens at on-demand prices."""
+    cost_expected_usd: float | None = None
+    """Expected, on the batch tier: at the mean usage of this job's earlier answers when its
+    ledger has some (``expected_from``), else the same as ``cost_batch_usd``."""
+    max_completion_tokens: int = 0
+    """Completion tokens per answer that "at most" assumes."""
+    expected_prompt_tokens: int = 0
+    expected_completion_tokens: int = 0
+    expected_from: str = "the upper bound"
+    """What "expected" is based on: ``N earlier answers`` of this job, or the upper bound."""
     rejections: list[dict[str, Any]] = field(default_factory=list)
     """The first rejected rows: ``row_key``, ``row_index``, ``reason``."""
     warnings: list[str] = field(default_factory=list)
@@ -184,7 +195,7 @@ def plan_job(
             for key, index, reason in scratch.rejected_rows(spec.name, limit=REJECTIONS_SHOWN)
         ]
     report.new_requests = report.to_send
-    plan = _price(spec, report, table)
+    plan = _price(spec, report, table, ledger_for_answers)
     plan.rejections = rejections
     if report.duplicate_rows:
         kept = spec.input.on_duplicate_id
@@ -247,18 +258,43 @@ def refuse_unpriced_budget(spec: JobSpec, model: str, prices: dict[str, Price] |
         )
 
 
-def _price(spec: JobSpec, report: CompileReport, prices: dict[str, Price]) -> PlanReport:
+def _expect(spec: JobSpec, report: CompileReport, plan: PlanReport, ledger: Ledger | None) -> None:
+    """The upper bound (every answer at ``max_completion_tokens``) and the expectation (this
+    job's earlier answers' mean usage, when its ledger has them, else the upper bound)."""
+    cap = spec.prompt.max_completion_tokens
+    plan.max_completion_tokens = cap or estimate_completion_tokens(spec)
+    if cap is None:
+        plan.warnings.append(
+            f"[prompt] max_completion_tokens is not set: \"at most\" assumes "
+            f"{plan.max_completion_tokens} completion tokens an answer, but a model may write more")
+    plan.expected_prompt_tokens = report.est_prompt_tokens
+    plan.expected_completion_tokens = report.est_completion_tokens
+    answered, prompt_mean, completion_mean = (
+        ledger.usage_averages(spec.name) if ledger is not None else (0, 0.0, 0.0))
+    if answered:
+        plan.expected_prompt_tokens = round(prompt_mean * report.to_send)
+        plan.expected_completion_tokens = round(completion_mean * report.to_send)
+        plan.expected_from = f"{answered:,} earlier answers of this job"
+
+
+def _price(spec: JobSpec, report: CompileReport, prices: dict[str, Price],
+           ledger: Ledger | None = None) -> PlanReport:
     plan = PlanReport(compile=report)
+    _expect(spec, report, plan, ledger)
     price = price_for(report.model, prices)
     prompt, completion = report.est_prompt_tokens, report.est_completion_tokens
+    at_most_completion = report.to_send * plan.max_completion_tokens
     if price is None:
         plan.warnings.append(unpriced(report.model))
     else:
         plan.price_known = True
         plan.input_usd_per_m = price.input_per_m
         plan.output_usd_per_m = price.output_per_m
-        plan.cost_batch_usd = price.cost(prompt, completion, "batch")
-        plan.cost_on_demand_usd = price.cost(prompt, completion, "on_demand")
+        plan.cost_batch_usd = price.cost(prompt, max(at_most_completion, completion), "batch")
+        plan.cost_on_demand_usd = price.cost(prompt, max(at_most_completion, completion),
+                                             "on_demand")
+        plan.cost_expected_usd = price.cost(plan.expected_prompt_tokens,
+                                            plan.expected_completion_tokens, "batch")
     budget = spec.policy.budget
     if budget.max_requests is not None and report.to_send > budget.max_requests:
         plan.warnings.append(

@@ -1,7 +1,7 @@
 """Whether a run's outcome is a success: failed requests against ``--max-failed``.
 
-A finished run whose requests ended failed — or were left unsent though the run meant to send
-them (the budget spent, the fallback stopped on a permanent error) — beyond the tolerance is :class:`FinishedWithFailures` (exit 4),
+A finished run whose requests ended failed — or were left unanswered (retryable: the budget
+spent, the fallback off, stopped on a permanent error, or not triggered) — beyond the tolerance is :class:`FinishedWithFailures` (exit 4),
 naming the count and the most common reasons, so CI and cron see it::
 
     tolerance = MaxFailed.parse("2%")
@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from state import Ledger
+from state import Ledger, RequestStatus
 
 from .errors import FinishedWithFailures
 
@@ -90,9 +90,10 @@ def short_reason(last_error: str | None) -> str:
 
 
 def failure_reasons(ledger: Ledger, job: str, *, top: int = 3) -> list[tuple[str, int]]:
-    """The ``top`` most common reasons the job's failed requests failed, with their counts."""
+    """The ``top`` most common reasons the job's requests are failed or left retryable
+    (unanswered), with their counts."""
     counts: Counter[str] = Counter()
-    for error, n in ledger.failed_errors(job):
+    for error, n in ledger.error_counts(job, (RequestStatus.FAILED, RequestStatus.RETRYABLE)):
         counts[short_reason(error)] += n
     return counts.most_common(top)
 
@@ -104,8 +105,7 @@ def check_failures(summary: Any, tolerance: MaxFailed) -> None:
     if not summary.finished:
         return
     failed = summary.requests.get("failed", 0)
-    # Left retryable by the job's own policy (fallback off, trigger off) is not a failure.
-    unsent = summary.left_retryable if summary.unsent_reason else 0
+    unsent = summary.left_retryable  # unanswered all the same, whatever left them
     total = sum(summary.requests.values())
     allowed = tolerance.allowed(total)
     if failed + unsent > allowed:

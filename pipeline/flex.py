@@ -358,6 +358,7 @@ class _Stage:
         """Calls moved to in_flight whose outcome is not yet recorded in the ledger."""
         self.on_record: Callable[[FlexReport], None] | None = None
         self.started = time.monotonic()
+        self.probe = anyio.Semaphore(HALT_AFTER)
         self.answered = False
         """A call of this stage got a 200: the job's requests can be answered."""
         self.permanent: dict[str, int] = {}
@@ -506,7 +507,17 @@ class _Stage:
                     continue
                 async with limiter:
                     await self.pacer.wait_turn()  # here, not in the producer: queued calls wait too
-                    await send.send(await self._attempt(call))
+                    if self.answered:
+                        await send.send(await self._attempt(call))
+                        continue
+                    # Until a call is answered, at most HALT_AFTER are out at once: a job whose
+                    # every call fails the same way spends little finding out.
+                    async with self.probe:
+                        if self._halted():  # while this call waited for a probe slot
+                            await self._give_back(call)
+                            continue
+                        outcome = await self._attempt(call)
+                    await send.send(outcome)
 
     async def _attempt(self, call: _Call) -> _Outcome:
         try:
@@ -543,6 +554,9 @@ class _Stage:
             self.report.halted = f"{exc.status_code} {short_reason(result.error)}"
             log.warning("flex: stopped sending: %d calls got the same permanent error (%s) and "
                         "none was answered", seen, self.report.halted)
+
+    def _halted(self) -> bool:
+        return self.report.halted is not None
 
     def _halt_reason(self) -> str:
         return (f"{FLEX_PREFIX}not sent: the fallback stopped after {HALT_AFTER} calls got the "

@@ -61,13 +61,16 @@ def require_requests(spec: JobSpec, config: str | os.PathLike[str] | None, *, ro
 
 
 def known_models(spec: JobSpec) -> frozenset[str] | None:
-    """The model ids of the bundled server, when the job runs it in-process; else None (ask
+    """The model ids of the bundled server, when the job runs it in-process — its base models
+    and the adapters registered in its ``data_dir`` — read without starting it; else None (ask
     the server)."""
     if spec.backend != "local" or spec.base_url or os.environ.get("GROQ_BASE_URL"):
         return None
     from .emulator.models import BASE_MODELS
+    from .emulator.persist import saved_adapter_models
 
-    return frozenset(model.id for model in BASE_MODELS)
+    return (frozenset(model.id for model in BASE_MODELS)
+            | saved_adapter_models(spec.local_data_dir))
 
 
 async def _served_models(spec: JobSpec) -> frozenset[str]:
@@ -97,10 +100,13 @@ async def check_model(spec: JobSpec, model: str, config: str | os.PathLike[str] 
     base = model.split(":")[1] if model.startswith("ft:") and model.count(":") >= 2 else model
     if model in served:
         return []
-    if base != model and base in served:
-        return [] if known_models(spec) is not None else [
-            f"model {model!r} is not in the model list of {where}; its base model {base!r} is"]
     key = "adapter" if spec.model is None else "model"
+    if base != model and base in served:
+        if known_models(spec) is not None:  # the local server knows every adapter it has
+            raise config_error_at(config, key, f"unknown model {model!r}: {where} has no such "
+                                  "adapter", hint="register one with `groqbatch adapters upload "
+                                  "ZIP --name NAME --config CONFIG`")
+        return [f"model {model!r} is not in the model list of {where}; its base model {base!r} is"]
     raise config_error_at(config, key, f"unknown model {base!r}: {where} does not serve it",
                           hint=_suggest(base, served))
 

@@ -155,8 +155,9 @@ class ProgressView:
     def state(self, progress: Progress) -> tuple[Any, ...]:
         """What a new log line is printed for: anything but the clock, rate and ETA."""
         phase = self.phase(progress)
-        return (phase, self._detail(phase, progress), progress.done, progress.total,
-                progress.requests.get("failed", 0))
+        detail = (progress.requests.get("in_flight", 0) if phase == "flex fallback"
+                  else self._detail(phase, progress))
+        return (phase, detail, progress.done, progress.total, progress.requests.get("failed", 0))
 
     def panel_lines(self, progress: Progress) -> list[str]:
         """The terminal's panel, a line per phase that has something to show."""

@@ -9,6 +9,7 @@ import orjson
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from jobs import PlanReport
 
@@ -21,9 +22,10 @@ __all__ = ["ProgressDisplay", "print_plan", "print_report", "print_run_summary",
 def _console() -> Console:
     """stdout, as wide as the terminal — or ``$COLUMNS`` when set (rich reads it), else 120
     columns for logs and pipes."""
-    console = Console(highlight=False, soft_wrap=True)
+    # No markup: configs, notes and errors hold [table] names that are text, not styles.
+    console = Console(highlight=False, soft_wrap=True, markup=False)
     if not console.is_terminal and not os.environ.get("COLUMNS"):
-        console = Console(highlight=False, soft_wrap=True, width=120)
+        console = Console(highlight=False, soft_wrap=True, markup=False, width=120)
     return console
 
 
@@ -53,16 +55,21 @@ def print_plan(plan: PlanReport) -> None:
     sizes = ", ".join(f"{s.lines:,} lines / {human_bytes(s.bytes)}" for s in report.shards[:5])
     more = f" (+{len(report.shards) - 5} more)" if len(report.shards) > 5 else ""
     table.add_row("shards", f"{len(report.shards)}" + (f": {sizes}{more}" if sizes else ""))
-    table.add_row("estimated prompt tokens", f"{report.est_prompt_tokens:,}")
-    table.add_row("estimated completion tokens", f"{report.est_completion_tokens:,}")
+    at_most = report.to_send * plan.max_completion_tokens
+    table.add_row("prompt tokens (estimated)", f"{report.est_prompt_tokens:,}")
+    table.add_row("completion tokens, at most",
+                  f"{at_most:,} ({plan.max_completion_tokens:,} an answer)")
+    table.add_row("tokens expected", f"{plan.expected_prompt_tokens:,} + "
+                  f"{plan.expected_completion_tokens:,} (from {plan.expected_from})")
     if plan.cost_batch_usd is not None:
-        table.add_row("estimated cost (batch, 50% off)", f"${plan.cost_batch_usd:,.4f}")
-        table.add_row("same on demand", f"${plan.cost_on_demand_usd or 0:,.4f}")
+        table.add_row("cost at most (batch, 50% off)", f"${plan.cost_batch_usd:,.4f}")
+        table.add_row("cost expected (batch)", f"${plan.cost_expected_usd or 0:,.4f}")
+        table.add_row("at most, on demand", f"${plan.cost_on_demand_usd or 0:,.4f}")
     console.print(table)
     for rejection in plan.rejections:
         console.print(f"rejected row {rejection['row_key']} (#{rejection['row_index']}): {rejection['reason']}")
     for warning in plan.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(Text("warning:", style="yellow"), warning)
 
 
 def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
@@ -201,7 +208,7 @@ def print_status(status: dict[str, Any]) -> None:
                 errors.append(f"run {run['id']}: {summary['failed']}")
         console.print(table)
         for line in errors:
-            console.print(line, markup=False, soft_wrap=False)
+            console.print(line, soft_wrap=False)
 
 
 def _mean(value: float | None) -> str:

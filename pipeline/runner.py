@@ -164,9 +164,8 @@ class RunSummary:
     failures: list[tuple[str, int]] = field(default_factory=list)
     """The most common reasons the job's failed requests failed, with their counts."""
     unsent_reason: str | None = None
-    """Why requests the run meant to send were left unsent (the budget is spent, the fallback
-    stopped on a permanent error); None when none were, or the job's policy leaves them (the
-    fallback off, a trigger not enabled)."""
+    """Why requests were left retryable at the end: the budget is spent, the fallback is off,
+    stopped on a permanent error, or not triggered for them."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -486,7 +485,7 @@ class _Run:
             notes.append(f"{flexed.recovered_in_flight} flex calls cut short by a stopped worker "
                          "were taken back (not counted as attempts)")
         if flexed.halted:
-            summary.unsent_reason = (f"the fallback stopped: every call got {flexed.halted}")
+            summary.unsent_reason = "the fallback stopped: the same permanent error on every call"
             notes.append(
                 f"the fallback stopped sending after {flexed.failed} calls got the same "
                 f"permanent error and none was answered ({flexed.halted}): "
@@ -499,6 +498,8 @@ class _Run:
                 "are left retryable; raise [policy.budget] and run again to finish them"
             )
         elif summary.left_retryable:
+            summary.unsent_reason = ("the fallback is off" if not spec.policy.fallback.enabled
+                                     else "their trigger is not in [policy.fallback].triggers")
             notes.append(
                 f"{summary.left_retryable} requests are left retryable "
                 + ("(the fallback is off)" if not spec.policy.fallback.enabled

@@ -496,10 +496,16 @@ class Ledger:
         """ok / rejected → number of the job's input rows."""
         return reports.row_counts(self._db, job)
 
-    def failed_errors(self, job: str, limit: int = 50) -> list[tuple[str | None, int]]:
-        """The job's failed requests grouped by their last error: (error, count), most common
-        first, at most ``limit`` groups."""
-        return reports.failed_errors(self._db, job, limit)
+    def error_counts(self, job: str, statuses: Iterable[RequestStatus],
+                     limit: int = 50) -> list[tuple[str | None, int]]:
+        """The job's requests in ``statuses`` grouped by their last error: (error, count), most
+        common first, at most ``limit`` groups."""
+        return reports.error_counts(self._db, job, statuses, limit)
+
+    def usage_averages(self, job: str) -> tuple[int, float, float]:
+        """(answers, mean prompt tokens, mean completion tokens) over the job's succeeded
+        requests that report usage: what its answers have cost so far."""
+        return reports.usage_averages(self._db, job)
 
     def rejected_rows(self, job: str, limit: int = 20) -> list[tuple[str, int, str]]:
         """The first ``limit`` rejected rows of a job: (row_key, row_index, reason)."""

@@ -151,10 +151,17 @@ def test_cancel_reconciles_what_the_batches_finished(tmp_path: Path) -> None:
     assert all("batch_cancelled" in (r.last_error or "") for r in left.values())
     assert len(done) + len(left) == 18
 
-    after = run_json("run", str(config))
+    # With the fallback off the cancelled requests stay unanswered: a failure unless allowed.
+    refused = run_cli("run", "--quiet", str(config))
+    assert refused.returncode == 4, refused.stderr
+    assert refused.stderr.splitlines()[0].startswith(
+        f"error: finished with failures: 0 of 18 requests failed, {len(left)} left unsent "
+        "(the fallback is off)")
+    after = run_json("run", "--max-failed", "100%", str(config))
     assert after["finished"] is True
     assert after["poll_calls"] == 0
     assert after["left_retryable"] == len(left)
+    assert after["unsent_reason"] == "the fallback is off"
 
 
 def test_run_against_groqbatch_serve_named_by_groq_base_url(tmp_path: Path) -> None:
