@@ -160,6 +160,7 @@ def _run_spent(summary: dict[str, Any]) -> str:
 
 def print_status(status: dict[str, Any]) -> None:
     console = _console()
+    console.soft_wrap = False  # long paths wrap at the width: every line fits the terminal
     console.print(f"job {status['job']!r} — ledger {status['ledger']}")
     requests = ", ".join(f"{n:,} {k}" for k, n in status["requests"].items() if n) or "none"
     console.print(f"requests: {requests}")
