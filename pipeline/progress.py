@@ -135,7 +135,8 @@ class ProgressView:
             return "reading the input" if not progress.compiling else "another worker compiles"
         if phase == "submitting":
             sent = shards - sum(steps.get(step, 0) for step in _UNSENT_STEPS)
-            return f"{_n(sent)}/{_n(shards)} shards submitted"
+            uploaded = sent + steps.get("uploaded", 0) + steps.get("submitting", 0)
+            return f"{_n(uploaded)}/{_n(shards)} shards uploaded, {_n(sent)} submitted"
         if phase in ("batches running", "finalizing"):
             return _counts(progress.batch_statuses, ("validating", "in_progress", "finalizing"))
         if phase == "reconciling":
