@@ -259,7 +259,8 @@ def run(config: Path, no_wait: bool, refresh: bool, run_name: str | None, ledger
     display = ProgressDisplay(quiet=quiet or as_json)
     try:
         summary = anyio.run(lambda: run_job(spec, wait=not no_wait, refresh=refresh, run_name=run_name,
-                                            config_path=config, on_progress=display,
+                                            config_path=config,
+                                            on_progress=None if display.quiet else display,
                                             worker=worker))
     finally:
         display.close()
