@@ -61,16 +61,14 @@ def plan_config(config: JobSpec | str | Path, *, refresh: bool = False,
     serve (:func:`~pipeline.preflight.check_model`; a server that cannot be asked is a
     warning), an input with nothing to send (unless ``[input] allow_empty``).
     ``config_path`` names the config file in errors when ``config`` is a loaded spec."""
-    import anyio
-
-    from .preflight import check_model, require_input, require_requests
+    from .preflight import check_model, require_input, require_requests, run_sync
 
     spec, path = (config, config_path) if isinstance(config, JobSpec) else (load_job(config), config)
     require_input(spec, path)
     ledger = existing_ledger(spec)
     try:
         model = resolve_model(spec, ledger, config=path)
-        warnings = anyio.run(check_model, spec, model, path)
+        warnings = run_sync(check_model, spec, model, path)
         plan = plan_job(spec, ledger, refresh=refresh, model=model)
     finally:
         if ledger is not None:

@@ -16,9 +16,12 @@ an unknown base model is an error.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import anyio
 
@@ -29,7 +32,9 @@ from .errors import APIError, GroqBatchError, InputError
 from .retry import NO_RETRY
 
 __all__ = ["MODEL_CHECK_TIMEOUT_S", "check_model", "known_models", "require_input",
-           "require_requests"]
+           "require_requests", "run_sync"]
+
+T = TypeVar("T")
 
 MODEL_CHECK_TIMEOUT_S = 15.0
 """How long ``GET /models`` may take before the check is skipped with a warning."""
@@ -109,6 +114,17 @@ async def check_model(spec: JobSpec, model: str, config: str | os.PathLike[str] 
         return [f"model {model!r} is not in the model list of {where}; its base model {base!r} is"]
     raise config_error_at(config, key, f"unknown model {base!r}: {where} does not serve it",
                           hint=_suggest(base, served))
+
+
+def run_sync(func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``anyio.run(func, *args)`` for sync callers (``plan``, the API's ``plan``), also when
+    called from inside an event loop (a notebook, an async test): then on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return anyio.run(func, *args)
+    with ThreadPoolExecutor(1, thread_name_prefix="groqbatch-preflight") as pool:
+        return pool.submit(anyio.run, func, *args).result()
 
 
 def _suggest(model: str, served: Iterable[str]) -> str:

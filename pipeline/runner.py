@@ -33,7 +33,7 @@ from .deadline import deadline_passed, drop_unsubmitted, job_deadline
 from .evaluate import check_run_identity, evaluate_run, is_settled, run_identity
 from .failures import failure_reasons
 from .flex import FlexReport, finish_leftovers
-from .planning import resolve_model
+from .planning import existing_ledger, resolve_model
 from .poll import PollInterval, poll_batches
 from .preflight import check_model, require_input, require_requests
 from .reconcile import ReconcileReport, reconcile_shards
@@ -200,12 +200,15 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
     check_run_identity(spec, wait=wait, run_name=run_name, config_path=config_path)
     # A missing input or an unknown model fails before a ledger is made or a run recorded.
     require_input(spec, config_path)
-    warnings = [] if spec.model is None else await check_model(spec, spec.model, config_path)
+    answered_before = _answered_before(spec)
+    warnings: list[str] = []
+    if spec.model is not None and not answered_before:
+        warnings = await check_model(spec, spec.model, config_path)
     with Ledger.open(spec.ledger_target) as ledger:
         # An unknown or deleted adapter fails here, before anything is recorded or spent.
         model = resolve_model(spec, ledger, config=config_path)
         refuse_unpriced_budget(spec, model, config_path=config_path)  # before anything is spent
-        if spec.model is None:
+        if spec.model is None and not answered_before:
             warnings = await check_model(spec, model, config_path)
         ledger.record_job(spec.name, spec_hash(spec), spec_json(spec))
         run_id = ledger.start_run(spec.name, spec.backend, run_name)
@@ -234,6 +237,17 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
         summary.notes[:0] = warnings
         ledger.finish_run(run_id, summary.as_dict())
         return summary
+
+
+def _answered_before(spec: JobSpec) -> bool:
+    """Whether the job's ledger holds answers to this very config (model included): its model
+    was served then, so a run that may have nothing to do asks the server nothing."""
+    ledger = existing_ledger(spec)
+    if ledger is None:
+        return False
+    with ledger:
+        return (ledger.job_spec_hash(spec.name) == spec_hash(spec)
+                and ledger.usage_averages(spec.name)[0] > 0)
 
 
 def _record_failed_run(ledger: Ledger, run_id: int, error: BaseException) -> None:
