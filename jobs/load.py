@@ -36,6 +36,7 @@ from pipeline.errors import ConfigError
 __all__ = [
     "CONFIG_SUFFIXES",
     "LEDGER_ENV",
+    "config_error_at",
     "load_job",
     "parse_config",
     "spec_hash",
@@ -125,6 +126,23 @@ def spec_json(spec: JobSpec) -> str:
     """The spec as canonical JSON: keys sorted, config spelling (``schema``, not the field)."""
     data = spec.model_dump(mode="json", by_alias=True)
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def config_error_at(config: str | os.PathLike[str] | None, key: str, message: str, *,
+                    hint: str | None = None, error: type[ConfigError] = ConfigError) -> ConfigError:
+    """A :class:`ConfigError` about the dotted ``key`` of a loaded config, naming the file and
+    the key's line (read again from the file; without a file, the key alone)."""
+    line = None
+    if config is not None:
+        file = Path(config)
+        kind = CONFIG_SUFFIXES.get(file.suffix.lower())
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None
+        if kind is not None and text is not None:
+            line = line_of(key_lines(text, kind), key.split("."))
+    return error(message, path=None if config is None else Path(config), line=line, field=key, hint=hint)
 
 
 def spec_hash(spec: JobSpec) -> str:

@@ -141,7 +141,18 @@ class PlanReport:
     input_usd_per_m: float | None = None
     output_usd_per_m: float | None = None
     cost_batch_usd: float | None = None
+    """At most, on the batch tier: every answer at ``max_completion_tokens``."""
     cost_on_demand_usd: float | None = None
+    """The same tokens at on-demand prices."""
+    cost_expected_usd: float | None = None
+    """Expected, on the batch tier: at the mean usage of this job's earlier answers when its
+    ledger has some (``expected_from``), else the same as ``cost_batch_usd``."""
+    max_completion_tokens: int = 0
+    """Completion tokens per answer that "at most" assumes."""
+    expected_prompt_tokens: int = 0
+    expected_completion_tokens: int = 0
+    expected_from: str = "the upper bound"
+    """What "expected" is based on: ``N earlier answers`` of this job, or the upper bound."""
     rejections: list[dict[str, Any]] = field(default_factory=list)
     """The first rejected rows: ``row_key``, ``row_index``, ``reason``."""
     budget_fits: int | None = None
@@ -232,7 +243,7 @@ def plan_job(
             for key, index, reason in scratch.rejected_rows(spec.name, limit=REJECTIONS_SHOWN)
         ]
     report.new_requests = report.to_send
-    plan = _price(spec, report, table)
+    plan = _price(spec, report, table, ledger_for_answers)
     plan.rejections = rejections
     if allowance is not None:
         plan.budget_fits = sum(s.lines for s in report.shards if s.fits)
@@ -338,18 +349,43 @@ def _price_audio(plan: PlanReport, price: Price, requests: int) -> None:
     )
 
 
-def _price(spec: JobSpec, report: CompileReport, prices: dict[str, Price]) -> PlanReport:
+def _expect(spec: JobSpec, report: CompileReport, plan: PlanReport, ledger: Ledger | None) -> None:
+    """The upper bound (every answer at ``max_completion_tokens``) and the expectation (this
+    job's earlier answers' mean usage, when its ledger has them, else the upper bound)."""
+    cap = spec.prompt.max_completion_tokens if spec.prompt is not None else None
+    plan.max_completion_tokens = cap or estimate_completion_tokens(spec)
+    if cap is None:
+        plan.warnings.append(
+            f"[prompt] max_completion_tokens is not set: \"at most\" assumes "
+            f"{plan.max_completion_tokens} completion tokens an answer, but a model may write more")
+    plan.expected_prompt_tokens = report.est_prompt_tokens
+    plan.expected_completion_tokens = report.est_completion_tokens
+    answered, prompt_mean, completion_mean = (
+        ledger.usage_averages(spec.name) if ledger is not None else (0, 0.0, 0.0))
+    if answered:
+        plan.expected_prompt_tokens = round(prompt_mean * report.to_send)
+        plan.expected_completion_tokens = round(completion_mean * report.to_send)
+        plan.expected_from = f"{answered:,} earlier answers of this job"
+
+
+def _price(spec: JobSpec, report: CompileReport, prices: dict[str, Price],
+           ledger: Ledger | None = None) -> PlanReport:
     plan = PlanReport(compile=report)
+    _expect(spec, report, plan, ledger)
     price = price_for(report.model, prices)
     prompt, completion = report.est_prompt_tokens, report.est_completion_tokens
+    at_most_completion = report.to_send * plan.max_completion_tokens
     if price is None:
         plan.warnings.append(unpriced(report.model))
     else:
         plan.price_known = True
         plan.input_usd_per_m = price.input_per_m
         plan.output_usd_per_m = price.output_per_m
-        plan.cost_batch_usd = price.cost(prompt, completion, "batch")
-        plan.cost_on_demand_usd = price.cost(prompt, completion, "on_demand")
+        plan.cost_batch_usd = price.cost(prompt, max(at_most_completion, completion), "batch")
+        plan.cost_on_demand_usd = price.cost(prompt, max(at_most_completion, completion),
+                                             "on_demand")
+        plan.cost_expected_usd = price.cost(plan.expected_prompt_tokens,
+                                            plan.expected_completion_tokens, "batch")
         if is_audio(spec.endpoint):
             _price_audio(plan, price, report.to_send)
     budget = spec.policy.budget

@@ -163,6 +163,11 @@ class InputSpec(_Table):
         '(`where = { lang = ["en", "de"] }`). Plain equality: nothing is evaluated. Default: '
         "every row is kept.",
     )
+    allow_empty: bool = Field(False, description=(
+        "Whether a job with nothing to send is fine. By default an input with no rows (after "
+        "`where`), or whose every row is rejected (a template naming a missing column), is an "
+        "error: `validate`, `plan` and `run` exit 2. Set true for inputs that are sometimes "
+        "empty (a nightly job over a day with no new rows)."))
 
     @model_validator(mode="after")
     def _known_format(self) -> InputSpec:

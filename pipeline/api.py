@@ -34,7 +34,7 @@ from jobs.steps import find_step
 
 from . import catalog
 from .cleanup import GcReport, gc_job
-from .errors import ConfigError
+from .errors import ConfigError, NoLedgerError
 from .export import iter_results
 from .journey import inspect_row
 from .planning import existing_ledger, plan_config
@@ -94,8 +94,7 @@ def results(job: JobLike, *, only_succeeded: bool = False,
     chosen = find_step(spec, step) if spec.steps or step is not None else None
     ledger = existing_ledger(spec)
     if ledger is None:
-        raise ConfigError(f"job {spec.name!r} has not run yet: no ledger at {spec.ledger_target}",
-                          field="ledger")
+        raise NoLedgerError(spec.name, spec.ledger_target)
     with ledger:
         if chosen is not None:
             yield from iter_results(chosen.spec, ledger, only_succeeded=only_succeeded,

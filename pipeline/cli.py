@@ -169,16 +169,28 @@ def validate(configs: tuple[Path, ...], as_json: bool) -> None:
 
     Exit 0 when every config is valid, 2 with the file, line and field of the first problem.
     """
+    import anyio
+
     from jobs import load_job
     from jobs.check import check_job
 
     from .planning import resolve_job_model
+    from .preflight import check_model, require_input, require_requests
 
     reports = []
     for path in configs:
         spec = load_job(path)
         model = resolve_job_model(spec, config=path)  # an unknown adapter fails here
-        reports.append(check_job(spec, config_path=str(path), model=model).as_dict())
+        require_input(spec, path)
+        warnings = anyio.run(check_model, spec, model, path)
+        checked = check_job(spec, config_path=str(path), model=model)
+        first = checked.first_rejections[0] if checked.first_rejections else None
+        require_requests(spec, path, rows=checked.rows, ok=checked.ok, rejected=checked.rejected,
+                         example=None if first is None else
+                         f"row {first['row_key']} (line {first['line']}): {first['reason']}")
+        reports.append(checked.as_dict() | {"warnings": warnings})
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
     if as_json:
         echo_json(reports if len(reports) > 1 else reports[0])
         return
@@ -202,7 +214,8 @@ def plan(config: Path, refresh: bool, ledger_url: str | None, as_json: bool) -> 
     from .planning import plan_config
     from .render import print_plan
 
-    report = plan_config(load_spec(config, ledger_url) if ledger_url else config, refresh=refresh)
+    report = plan_config(load_spec(config, ledger_url) if ledger_url else config, refresh=refresh,
+                         config_path=config)
     if as_json:
         echo_json(report.as_dict())
     else:
@@ -226,27 +239,38 @@ def quiet_option(func: F) -> F:
               envvar="GROQBATCH_LEASE_S",
               help="Seconds a claim holds unless renewed; a stopped worker's work is taken over "
                    "after it [env GROQBATCH_LEASE_S; default: 60].")
+@click.option("--max-failed", "max_failed", default="0", show_default=True, metavar="N|P%",
+              help="Requests that may end failed or unsent (a count, or a percent of the job's "
+                   "requests) before the run exits 4, \"finished with failures\".")
 @quiet_option
 @json_option
 def run(config: Path, no_wait: bool, refresh: bool, run_name: str | None, ledger_url: str | None,
-        worker_id: str | None, lease_s: float | None, quiet: bool, as_json: bool) -> None:
+        worker_id: str | None, lease_s: float | None, max_failed: str, quiet: bool,
+        as_json: bool) -> None:
     """Run a job: compile, submit, poll, reconcile — resuming whatever an earlier run left.
 
     Safe to start any number of times at once, on any machines sharing the ledger: each run is
-    a worker that claims its share of the work, and none sends anything twice.
+    a worker that claims its share of the work, and none sends anything twice. Exits 4 when
+    more requests end failed or unsent than --max-failed allows (see docs: exit codes).
     """
     import anyio
 
+    from .failures import MaxFailed, check_failures
     from .render import ProgressDisplay, print_run_summary
     from .runner import run_job
     from .workers import Worker
 
+    try:
+        tolerance = MaxFailed.parse(max_failed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-failed") from None
     spec = load_spec(config, ledger_url)
     worker = Worker.make(worker_id, lease_s)
     display = ProgressDisplay(quiet=quiet or as_json)
     try:
         summary = anyio.run(lambda: run_job(spec, wait=not no_wait, refresh=refresh, run_name=run_name,
-                                            config_path=config, on_progress=display,
+                                            config_path=config,
+                                            on_progress=None if display.quiet else display,
                                             worker=worker))
     finally:
         display.close()
@@ -254,6 +278,7 @@ def run(config: Path, no_wait: bool, refresh: bool, run_name: str | None, ledger
         echo_json(summary.as_dict())
     else:
         print_run_summary(summary, config=str(config))
+    check_failures(summary, tolerance)
 
 
 @main.command()

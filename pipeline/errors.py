@@ -5,7 +5,8 @@
     │   ├── InputError           a row or file of the input dataset is unusable
     │   └── AdapterError         a LoRA adapter folder or zip is not what Groq takes
     ├── LedgerError              the ledger cannot be used as it is                (exit 3)
-    │   └── SchemaVersionError   written by another groqbatch version; not misread
+    │   ├── SchemaVersionError   written by another groqbatch version; not misread
+    │   └── NoLedgerError        the job has never run: there is no ledger to read
     ├── APIError                 the Groq API (or the local server) said no
     │   ├── ServerUnavailableError  no answer on an endpoint for ``give_up_after_s``:
     │   │                           stop the run, resume later                    (exit 1)
@@ -15,7 +16,9 @@
     │   │   └── TransportError         connect/read failure, timeout, dropped connection
     │   └── PermanentAPIError    the same call will fail again: other 4xx
     │       └── AuthenticationError    401/403
-    └── BudgetExhaustedError     the job's request/token/dollar budget is spent     (exit 4)
+    ├── BudgetExhaustedError     the job's request/token/dollar budget is spent     (exit 4)
+    └── FinishedWithFailures     the run ended with more requests failed or unsent than
+                                 ``--max-failed`` allows                           (exit 4)
 
 Every error carries the ids it is about (``path``, ``line``, ``field``, ``custom_id``,
 ``batch_id``) as attributes, and its message names them, so a person can find the place.
@@ -35,9 +38,11 @@ __all__ = [
     "BudgetExhaustedError",
     "CapacityExceededError",
     "ConfigError",
+    "FinishedWithFailures",
     "GroqBatchError",
     "InputError",
     "LedgerError",
+    "NoLedgerError",
     "PermanentAPIError",
     "RateLimitedError",
     "RetryableAPIError",
@@ -136,6 +141,17 @@ class LedgerError(GroqBatchError):
 
 class SchemaVersionError(LedgerError):
     """The ledger was written by a different schema version and cannot be migrated."""
+
+
+class NoLedgerError(LedgerError):
+    """A command that only reads the ledger (``status``, ``export``) found none: the job has
+    never run. ``target`` is where the ledger would be."""
+
+    def __init__(self, job: str, target: str, *, what: str = "") -> None:
+        self.job = job
+        self.target = target
+        super().__init__(f"job {job!r} has no ledger yet at {target}: nothing has run"
+                         + (f", so {what}" if what else ""))
 
 
 class APIError(GroqBatchError):
@@ -238,6 +254,29 @@ class BudgetExhaustedError(GroqBatchError):
     """The job's budget (requests, tokens or dollars) is spent; the rest stays retryable."""
 
     exit_code = 4
+
+
+class FinishedWithFailures(GroqBatchError):
+    """A run settled every request it could, but more ended failed (or were left unsent: the
+    budget spent, the fallback stopped on a permanent error) than the tolerance allows.
+
+    ``failed`` and ``unsent`` are the job's counts, ``allowed`` the tolerance in requests,
+    ``reasons`` the most common failure reasons as ``(reason, count)``, most common first.
+    """
+
+    exit_code = 4
+
+    def __init__(self, *, failed: int, unsent: int, total: int, allowed: int,
+                 reasons: list[tuple[str, int]], unsent_reason: str | None = None) -> None:
+        self.failed, self.unsent, self.total, self.allowed = failed, unsent, total, allowed
+        self.reasons = list(reasons)
+        self.unsent_reason = unsent_reason
+        parts = [f"{failed:,} of {total:,} requests failed"]
+        if unsent:
+            parts.append(f"{unsent:,} left unsent" + (f" ({unsent_reason})" if unsent_reason else ""))
+        why = "; ".join(f"{n:,} x {reason}" for reason, n in self.reasons)
+        super().__init__("finished with failures: " + ", ".join(parts)
+                         + f" (--max-failed allows {allowed:,})" + (f": {why}" if why else ""))
 
 
 def os_error_reason(exc: OSError, path: str | Path) -> str:

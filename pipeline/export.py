@@ -74,7 +74,7 @@ from state import Ledger
 from state.engine import chunked
 from state.exports import ExportRecord, RowOutcome
 
-from .errors import ConfigError, os_error_reason
+from .errors import ConfigError, NoLedgerError, os_error_reason
 from .planning import existing_ledger
 
 __all__ = ["CHUNK_ROWS", "FIXED_COLUMNS", "ExportReport", "export_config", "export_job"]
@@ -587,8 +587,7 @@ def export_config(spec: JobSpec, *, step: str | None = None, **options: Any) -> 
     chosen = find_step(spec, step) if spec.steps or step is not None else None
     ledger = existing_ledger(spec)
     if ledger is None:
-        raise ConfigError(f"job {spec.name!r} has no ledger yet at {spec.ledger_target}: "
-                          "nothing has run, so there is nothing to export", field="ledger")
+        raise NoLedgerError(spec.name, spec.ledger_target, what="there is nothing to export")
     with ledger:
         if chosen is not None:
             return export_job(chosen.spec, ledger, stored_rows=chosen.index > 0, **options)

@@ -26,7 +26,12 @@ exactly as compiled. A continuous pipeline keeps ``concurrency`` calls in flight
   request, recorded with their body — except 401/403, which are about the key, not the request:
   nothing more is sent, what was claimed goes back to retryable, and the stage raises the
   :class:`AuthenticationError`. A request whose ``max_attempts`` are spent fails with its last
-  error.
+  error. When the first ``HALT_AFTER`` permanent errors are the same one and nothing has been
+  answered, the cause is the job's, not the requests': the stage stops sending, the requests it
+  claimed but did not send go back to retryable (their attempt given back), and
+  ``FlexReport.halted`` names the error once. They stay retryable rather than failed because
+  nothing was asked for them: once the cause is fixed (the model enabled, a typo corrected), a
+  run sends them; until then each run spends at most ``HALT_AFTER`` calls finding out.
 - **Pace.** An anyio ``CapacityLimiter`` bounds concurrency; a :class:`~pipeline.pacing.Pacer`
   spaces calls as Groq's limits say: the tokens headers (the minute's window) keep the tokens
   per minute under the limit, the requests-per-minute limit is found from 429s (AIMD), and a
@@ -48,6 +53,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -101,6 +107,10 @@ calls always break off does count them."""
 RECORD_WAIT_S = 0.05
 """How long the recorder lets outcomes gather before writing them (bounds commits to ~20/s)."""
 FLEX_PREFIX = "flex: "
+HALT_AFTER = 5
+"""Identical permanent errors (same status and error body) after which a stage that has had no
+answer at all stops sending: a job-wide cause (a model that does not exist, an endpoint the
+account may not use) would fail every request the same way, and each call is spent."""
 
 
 def trigger_of(last_error: str | None) -> str:
@@ -152,17 +162,22 @@ class FlexReport:
     daily_limit: dict[str, Any] | None = None
     """A daily rate limit that stopped the stage for today: ``{"limit", "resets_at", "left"}``."""
     elapsed_s: float = 0.0
+    halted: str | None = None
+    """The permanent error every call got, when the stage stopped sending because of it."""
+    unsent: int = 0
+    """Requests claimed, then given back unsent because the stage halted."""
 
     def add(self, other: FlexReport) -> None:
         """Fold one round's report into a run's."""
         for name in ("sent", "succeeded", "failed", "requeued", "gave_up", "recovered_in_flight",
                      "invalid_output", "prompt_tokens", "completion_tokens", "cost_usd",
-                     "elapsed_s"):
+                     "elapsed_s", "unsent"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for key, count in other.status_counts.items():
             self.status_counts[key] = self.status_counts.get(key, 0) + count
         self.budget_exhausted = other.budget_exhausted or self.budget_exhausted
         self.daily_limit = other.daily_limit or self.daily_limit
+        self.halted = other.halted or self.halted
 
     @property
     def pace_rps(self) -> float:
@@ -234,10 +249,13 @@ async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, pr
                            deadline_passed: bool = False,
                            retry: RetryPolicy | None = None,
                            worker: Worker | None = None,
-                           keep: Callable[[OpenRequest], bool] | None = None) -> FlexReport:
+                           keep: Callable[[OpenRequest], bool] | None = None,
+                           on_record: Callable[[FlexReport], None] | None = None) -> FlexReport:
     """Send the job's eligible retryable requests through the synchronous path until none is
     left (or the budget stops it). Requests not eligible under the job's triggers stay put, and
-    so do those ``keep`` names (leftovers to be re-batched, :mod:`pipeline.leftovers`)."""
+    so do those ``keep`` names (leftovers to be re-batched, :mod:`pipeline.leftovers`).
+    ``on_record`` is called with the stage's report so far after each chunk of outcomes is
+    recorded (the progress display)."""
     fallback = spec.policy.fallback
     report = FlexReport(tier=tier_for(spec))
     if not fallback.enabled:
@@ -255,6 +273,8 @@ async def finish_leftovers(ledger: Ledger, client: GroqClient, spec: JobSpec, pr
     stage = _Stage(ledger, client, spec, price, report, budget, triggers, retry or RetryPolicy(),
                    dropped, worker)
     stage.keep = keep
+    stage.on_record = on_record
+    stage.started = started
     await stage.run()
     report.elapsed_s = round(time.monotonic() - started, 3)
     if (stopped := stage.pacer.stopped) is not None:
@@ -302,6 +322,13 @@ class _Stage:
         """Calls moved to in_flight whose outcome is not yet recorded in the ledger."""
         self.keep: Callable[[OpenRequest], bool] | None = None
         """Retryable requests to leave alone (leftovers the next round re-batches)."""
+        self.on_record: Callable[[FlexReport], None] | None = None
+        self.started = time.monotonic()
+        self.probe = anyio.Semaphore(HALT_AFTER)
+        self.answered = False
+        """A call of this stage got a 200: the job's requests can be answered."""
+        self.permanent: dict[str, int] = {}
+        """Permanent error (status and body) → calls that got it, while nothing is answered."""
         self.refused: AuthenticationError | ServerUnavailableError | None = None
         """A 401/403 (the key is wrong or not allowed), or a server that stopped answering. Not
         the request's fault — nothing more is sent, what was claimed goes back to retryable, and
@@ -333,7 +360,8 @@ class _Stage:
                 claimed = 0
                 group: list[_Call] = []
                 for request in self.ledger.iter_requests(self.spec.name, RequestStatus.RETRYABLE):
-                    if self.refused is not None or self.pacer.stopped is not None:
+                    if (self.refused is not None or self.pacer.stopped is not None
+                            or self.report.halted is not None):
                         break
                     call = self._next_call(request)
                     if call is None:
@@ -352,7 +380,10 @@ class _Stage:
                     if len(group) >= group_size:
                         claimed += await self._dispatch(group, send)
                         group = []
-                if self.refused is not None or self.pacer.stopped is not None:
+                if self.refused is not None or self.report.halted is not None:
+                    await self._release(group)
+                    return
+                if self.pacer.stopped is not None:
                     await self._dispatch(group, send)  # the workers give them back unsent
                     return
                 claimed += await self._dispatch(group, send)
@@ -446,13 +477,24 @@ class _Stage:
                 if self.refused is not None:  # claimed before the refusal: back, unsent
                     await send.send(_Outcome(call, error=self.refused))
                     continue
+                if self.report.halted is not None:  # claimed before the halt: back, unsent
+                    await self._give_back(call)
+                    continue
                 async with limiter:
                     # Here, not in the producer: queued calls wait too.
                     async with self.pacer.turn() as sent_at:
                         if self.pacer.stopped is not None:  # stopped for today: back, unsent
                             outcome = _Outcome(call, unsent=True)
-                        else:
+                        elif self.answered:
                             outcome = await self._attempt(call, sent_at)
+                        else:
+                            # Until a call is answered, at most HALT_AFTER are out at once: a
+                            # job whose every call fails the same way spends little finding out.
+                            async with self.probe:
+                                if self._halted():  # while this call waited for a probe slot
+                                    await self._give_back(call)
+                                    continue
+                                outcome = await self._attempt(call, sent_at)
                     await send.send(outcome)
 
     async def _attempt(self, call: _Call, sent_at: float) -> _Outcome:
@@ -468,7 +510,9 @@ class _Stage:
             self.refused = self.refused or exc
             return _Outcome(call, error=exc)
         except PermanentAPIError as exc:
-            return _Outcome(call, result=self._failed(call, exc))
+            result = self._failed(call, exc)
+            self._watch_permanent(exc, result)
+            return _Outcome(call, result=result)
         except APIError as exc:
             if isinstance(exc, RateLimitedError):
                 # Now, not when the outcome is recorded: no other call goes out meanwhile.
@@ -477,7 +521,45 @@ class _Stage:
         result = self._succeeded(call, reply)
         self.pacer.observe(reply.rate_limits,
                            tokens_used=result.prompt_tokens + result.completion_tokens)
+        self.answered = True
         return _Outcome(call, result=result)
+
+    def _watch_permanent(self, exc: PermanentAPIError, result: ResultRecord) -> None:
+        """Halt the stage once ``HALT_AFTER`` calls got the same permanent error and none got
+        an answer (see the module docstring)."""
+        if self.answered or result.outcome is not RequestStatus.FAILED:
+            return
+        key = f"{exc.status_code} {result.error}"
+        self.permanent[key] = seen = self.permanent.get(key, 0) + 1
+        if seen >= HALT_AFTER and self.report.halted is None:
+            from .failures import short_reason
+
+            self.report.halted = f"{exc.status_code} {short_reason(result.error)}"
+            log.warning("flex: stopped sending: %d calls got the same permanent error (%s) and "
+                        "none was answered", seen, self.report.halted)
+
+    def _halted(self) -> bool:
+        return self.report.halted is not None
+
+    def _halt_reason(self) -> str:
+        return (f"{FLEX_PREFIX}not sent: the fallback stopped after {HALT_AFTER} calls got the "
+                f"same permanent error ({self.report.halted})")
+
+    async def _release(self, group: list[_Call]) -> None:
+        """Calls built but not claimed: nothing to give back but their budget."""
+        for call in group:
+            self.budget.requests -= 1
+            self._refund(call)
+
+    async def _give_back(self, call: _Call) -> None:
+        """A claimed call not sent (the stage halted): retryable again, attempt given back."""
+        await anyio.to_thread.run_sync(partial(
+            self.ledger.release_requests, [call.custom_id], self.worker.id, self._halt_reason()))
+        self.budget.requests -= 1
+        self._refund(call)
+        self.pending_estimate.pop(call.custom_id, None)
+        self.in_flight -= 1
+        self.report.unsent += 1
 
     def _succeeded(self, call: _Call, reply: ChatReply) -> ResultRecord:
         """A 200 reply: succeeded with its parsed output; or (not parsing or not fitting the
@@ -544,6 +626,9 @@ class _Stage:
                 for outcome in outcomes:
                     self.pending_estimate.pop(outcome.call.custom_id, None)
                 self.in_flight -= len(outcomes)
+                if self.on_record is not None:
+                    self.report.elapsed_s = round(time.monotonic() - self.started, 3)
+                    self.on_record(self.report)
 
     def _store(self, records: list[ResultRecord]) -> None:
         """Write outcomes (one transaction); an answer no request took — its call was given

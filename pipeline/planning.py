@@ -55,16 +55,37 @@ def resolve_job_model(spec: JobSpec, *, config: str | Path | None = None) -> str
             ledger.close()
 
 
-def plan_config(config: JobSpec | str | Path, *, refresh: bool = False) -> PlanReport:
-    """Plan a job given as a loaded spec or a config path (the CLI's and the API's plan)."""
-    spec, path = (config, None) if isinstance(config, JobSpec) else (load_job(config), config)
+def plan_config(config: JobSpec | str | Path, *, refresh: bool = False,
+                config_path: str | Path | None = None) -> PlanReport:
+    """Plan a job given as a loaded spec or a config path (the CLI's and the API's plan).
+
+    Refuses (exit 2) what no run could do: a missing input file, a model the backend does not
+    serve (:func:`~pipeline.preflight.check_model`; a server that cannot be asked is a
+    warning), an input with nothing to send (unless ``[input] allow_empty``).
+    ``config_path`` names the config file in errors when ``config`` is a loaded spec."""
+    from .preflight import check_model, require_input, require_requests, run_sync
+
+    spec, path = (config, config_path) if isinstance(config, JobSpec) else (load_job(config), config)
+    require_input(spec, path)
     ledger = existing_ledger(spec)
     try:
         if spec.steps:
             models = {step.job: resolve_model(step.spec, ledger, config=path)
                       for step in job_steps(spec)}
-            return plan_steps(spec, ledger, refresh=refresh, models=models)
-        return plan_job(spec, ledger, refresh=refresh, model=resolve_model(spec, ledger, config=path))
+            warnings = [w for step in job_steps(spec)
+                        for w in run_sync(check_model, step.spec, models[step.job], path)]
+            plan = plan_steps(spec, ledger, refresh=refresh, models=models)
+        else:
+            model = resolve_model(spec, ledger, config=path)
+            warnings = run_sync(check_model, spec, model, path)
+            plan = plan_job(spec, ledger, refresh=refresh, model=model)
     finally:
         if ledger is not None:
             ledger.close()
+    report = plan.compile
+    first = plan.rejections[0] if plan.rejections else None
+    require_requests(spec, path, rows=report.rows, ok=report.ok, rejected=report.rejected,
+                     example=None if first is None else
+                     f"row {first['row_key']} (#{first['row_index']}): {first['reason']}")
+    plan.warnings[:0] = warnings
+    return plan

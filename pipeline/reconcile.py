@@ -87,6 +87,10 @@ class ReconcileReport:
     """Settled shards whose files could not be downloaded this round; the next one tries again."""
     invalid_output: int = 0
     """Answers that did not parse or fit the output schema (also counted as failed or retryable)."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    """What the answers this reconcile recorded cost (the batch's price): a run's own spend."""
 
     def add(self, other: ReconcileReport) -> None:
         for name in self.__slots__:
@@ -208,6 +212,9 @@ def apply_file(ledger: Ledger, path: Path, shard: Mapping[str, Any], file_id: st
                 elif result.custom_id in taken and result.custom_id not in counted:
                     counted.add(result.custom_id)
                     setattr(report, result.outcome.value, getattr(report, result.outcome.value) + 1)
+                    report.prompt_tokens += result.prompt_tokens
+                    report.completion_tokens += result.completion_tokens
+                    report.cost_usd += result.cost_usd
                     report.invalid_output += is_invalid_output(result.error)
                 else:
                     report.duplicates += 1

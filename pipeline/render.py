@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import orjson
+from rich import box
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from jobs import PlanReport
 
-from .runner import Progress, RunSummary
+from .progress import ProgressDisplay
+from .runner import RunSummary
+
+__all__ = ["ProgressDisplay", "print_plan", "print_report", "print_run_summary", "print_status"]
 
 
 def _console() -> Console:
-    console = Console(highlight=False, soft_wrap=True)
-    if not console.is_terminal:  # logs and pipes: do not squeeze tables into 80 columns
-        console = Console(highlight=False, soft_wrap=True, width=160)
+    """stdout, as wide as the terminal — or ``$COLUMNS`` when set (rich reads it), else 120
+    columns for logs and pipes."""
+    # No markup: configs, notes and errors hold [table] names that are text, not styles.
+    console = Console(highlight=False, soft_wrap=True, markup=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(highlight=False, soft_wrap=True, markup=False, width=120)
     return console
 
 
@@ -49,15 +58,20 @@ def print_plan(plan: PlanReport) -> None:
     table.add_row("shards", f"{len(report.shards)}" + (f": {sizes}{more}" if sizes else ""))
     if plan.budget_fits is not None:
         fit = [s for s in report.shards if s.fits]
-        table.add_row(escape("within [policy.budget]"),
+        table.add_row("within [policy.budget]",
                       f"{len(fit)} of {len(report.shards)} shards, {plan.budget_fits:,} requests")
         if plan.budget_held:
             table.add_row(f"held back by {plan.budget_reached}", f"{plan.budget_held:,} requests")
-    table.add_row("estimated prompt tokens", f"{report.est_prompt_tokens:,}")
-    table.add_row("estimated completion tokens", f"{report.est_completion_tokens:,}")
+    at_most = report.to_send * plan.max_completion_tokens
+    table.add_row("prompt tokens (estimated)", f"{report.est_prompt_tokens:,}")
+    table.add_row("completion tokens, at most",
+                  f"{at_most:,} ({plan.max_completion_tokens:,} an answer)")
+    table.add_row("tokens expected", f"{plan.expected_prompt_tokens:,} + "
+                  f"{plan.expected_completion_tokens:,} (from {plan.expected_from})")
     if plan.cost_batch_usd is not None:
-        table.add_row("estimated cost (batch, 50% off)", f"${plan.cost_batch_usd:,.4f}")
-        table.add_row("same on demand", f"${plan.cost_on_demand_usd or 0:,.4f}")
+        table.add_row("cost at most (batch, 50% off)", f"${plan.cost_batch_usd:,.4f}")
+        table.add_row("cost expected (batch)", f"${plan.cost_expected_usd or 0:,.4f}")
+        table.add_row("at most, on demand", f"${plan.cost_on_demand_usd or 0:,.4f}")
     console.print(table)
     if plan.steps:
         steps = Table(title="steps (later steps: from the answers in the ledger now)")
@@ -76,65 +90,7 @@ def print_plan(plan: PlanReport) -> None:
     if plan.completion_window is not None:
         console.print(f"completion window: {plan.completion_window} ({plan.window_reason})")
     for warning in plan.warnings:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-
-
-class ProgressDisplay:
-    """Shows :class:`~pipeline.runner.Progress` snapshots: a live panel on a terminal, one plain
-    line per change otherwise (logs, cron), nothing when quiet. Writes to stderr, so stdout
-    stays clean for ``--json``."""
-
-    def __init__(self, *, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.console = Console(stderr=True, highlight=False)
-        self._live: Any = None
-        self._last: tuple[Any, ...] | None = None
-
-    def __call__(self, progress: Progress) -> None:
-        if self.quiet:
-            return
-        if self.console.is_terminal:
-            from rich.live import Live
-
-            if self._live is None:
-                self._live = Live(console=self.console, refresh_per_second=4, transient=False)
-                self._live.start()
-            self._live.update(self._panel(progress))
-            return
-        state = (tuple(sorted(progress.shards.items())), tuple(sorted(progress.requests.items())))
-        if state != self._last:
-            self._last = state
-            self.console.print(self._line(progress))
-
-    def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-
-    @staticmethod
-    def _line(progress: Progress) -> str:
-        shards = " ".join(f"{step}={n}" for step, n in progress.shards.items() if n)
-        left = progress.total - progress.done
-        eta = f", eta {progress.eta_s:.0f}s" if progress.eta_s is not None and left else ""
-        return (f"[{progress.elapsed_s:6.1f}s] shards: {shards or 'none'} | requests: "
-                f"{progress.requests.get('succeeded', 0)} done, {progress.requests.get('failed', 0)} "
-                f"failed, {left} left{eta}")
-
-    def _panel(self, progress: Progress) -> Table:
-        table = Table(title=f"groqbatch: {progress.job}", show_header=True)
-        table.add_column("shards")
-        table.add_column("n", justify="right")
-        table.add_column("requests")
-        table.add_column("n", justify="right")
-        shard_rows = [(k, v) for k, v in progress.shards.items() if v]
-        request_rows = [(k, v) for k, v in progress.requests.items() if v]
-        for i in range(max(len(shard_rows), len(request_rows), 1)):
-            s = shard_rows[i] if i < len(shard_rows) else ("", "")
-            r = request_rows[i] if i < len(request_rows) else ("", "")
-            table.add_row(s[0], str(s[1]), r[0], str(r[1]))
-        eta = f"{progress.eta_s:.0f}s" if progress.eta_s is not None else "—"
-        table.caption = f"elapsed {progress.elapsed_s:.1f}s · {progress.done}/{progress.total} done · eta {eta}"
-        return table
+        console.print(Text("warning:", style="yellow"), warning)
 
 
 def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
@@ -167,9 +123,13 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
                       f"{flex['pace_rps']:.1f} req/s; "
                       + (f"cost ${flex['cost_usd']:.6f}" if summary.cost_known else "cost unknown"))
     _print_paths(console, summary)
-    console.print(f"  tokens: {int(t['prompt_tokens']):,} prompt + {int(t['completion_tokens']):,} completion; "
-                  + (f"cost ${t['cost_usd']:.6f}" if summary.cost_known
-                     else f"cost unknown (no price for {summary.model})"))
+    spent = summary.spent or {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+    console.print(f"  this run: {int(spent['prompt_tokens']):,} prompt + "
+                  f"{int(spent['completion_tokens']):,} completion tokens, "
+                  + (f"cost ${spent['cost_usd']:.6f}" if summary.cost_known
+                     else f"cost unknown (no price for {summary.model})")
+                  + f"; the job so far: {int(t['prompt_tokens']):,} + {int(t['completion_tokens']):,} "
+                  "tokens" + (f", ${t['cost_usd']:.6f}" if summary.cost_known else ""))
     console.print(f"  results: in the ledger {summary.ledger}")
     console.print(f"  export them joined to the input rows: groqbatch export {config} → {summary.output}")
     evaluation = summary.evaluation
@@ -180,7 +140,7 @@ def print_run_summary(summary: RunSummary, *, config: str = "CONFIG") -> None:
             means = ", ".join(f"{name} {_mean(m['mean'])}" for name, m in evaluation["metrics"].items())
             console.print(f"  evaluation: {evaluation['answered']:,}/{evaluation['rows']:,} answered; {means}")
     for note in summary.notes:
-        console.print(f"  note: {escape(note)}")  # notes name tables: [policy.budget]
+        console.print(f"  note: {note}")
     console.print(("finished" if summary.finished else "not finished") + f" in {summary.elapsed_s:.1f}s")
 
 
@@ -205,13 +165,54 @@ def _print_paths(console: Console, summary: RunSummary) -> None:
                       f"saved ${rebatched['saved_usd']:.6f}")
 
 
+SQUEEZED_WIDTH = 20
+"""Widest a long id (shard key, batch id, worker, run name) is shown in ``status`` tables."""
+
+
+def _table(title: str, *columns: str, right: tuple[str, ...] = (),
+           squeeze: tuple[str, ...] = ()) -> Table:
+    """A compact table (no vertical rules): only the ``squeeze`` columns (long ids) give way,
+    shortened with …, so ``status`` fits an 80-column terminal and numbers stay whole."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  title_justify="left",
+                  collapse_padding=True)
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left",
+                         no_wrap=True, overflow="ellipsis",
+                         min_width=None if column in squeeze else len(column),
+                         max_width=SQUEEZED_WIDTH if column in squeeze else None)
+    return table
+
+
+def _short_when(stamp: str | None) -> str:
+    """``2026-11-29 01:54:30 UTC`` → ``11-29 01:54`` (the year and seconds are noise here)."""
+    return stamp[5:16] if stamp else "—"
+
+
+def _run_outcome(run: dict[str, Any], live_runs: set[int]) -> str:
+    summary = run["summary"] or {}
+    if summary.get("failed"):
+        return f"error ({summary.get('exit_code', 1)})"
+    if run["finished"] is None:
+        return "running" if run["id"] in live_runs else "stopped"
+    return "finished" if summary.get("finished") else "paused"
+
+
+def _run_spent(summary: dict[str, Any]) -> str:
+    spent = summary.get("spent")
+    if spent is None:  # a run recorded before runs kept their own spend, or one that failed
+        return "$0" if summary.get("failed") else "—"
+    return f"${spent.get('cost_usd', 0):.6f}"
+
+
 def print_status(status: dict[str, Any]) -> None:
     console = _console()
+    console.soft_wrap = False  # long paths wrap at the width: every line fits the terminal
     console.print(f"job {status['job']!r} — ledger {status['ledger']}")
     requests = ", ".join(f"{n:,} {k}" for k, n in status["requests"].items() if n) or "none"
     console.print(f"requests: {requests}")
     totals = status["totals"]
-    cost = (f"cost ${totals['cost_usd']:.6f}" if status.get("cost_known", True)
+    cost = (f"cost ${totals['cost_usd']:.6f} in all runs" if status.get("cost_known", True)
             else f"cost unknown — {status['cost_note']}")
     console.print(f"tokens: {int(totals['prompt_tokens']):,} prompt + {int(totals['completion_tokens']):,} "
                   f"completion; {cost}")
@@ -226,37 +227,42 @@ def print_status(status: dict[str, Any]) -> None:
                       "earlier answer until a new one arrives")
     live = [w for w in status.get("workers", []) if w["live"]]
     if live:
-        table = Table(title="live workers")
-        for column in ("worker", "run", "started", "last seen", "holds"):
-            table.add_column(column)
+        table = _table("live workers", "worker", "run", "started", "last seen", "holds",
+                       squeeze=("worker", "holds"))
         for w in live:
             holds = ", ".join(f"{n} {kind}" for kind, n in sorted(w["holds"].items())) or "nothing"
-            table.add_row(w["worker"], str(w["run"]), w["started"], w["seen"], holds)
+            table.add_row(w["worker"], str(w["run"]), _short_when(w["started"]),
+                          _short_when(w["seen"]), holds)
         console.print(table)
     if status["shards"]:
-        table = Table(title="shards")
-        for column in ("shard", "lines", "step", "batch", "batch status", "counts"):
-            table.add_column(column)
+        table = _table("shards", "shard", "lines", "step", "batch", "status", "done",
+                       right=("lines", "done"), squeeze=("shard", "batch"))
         for shard in status["shards"]:
+            batch = orjson.loads(shard["request_counts_json"]) if shard["request_counts_json"] else None
+            done = (f"{batch.get('completed', 0) + batch.get('failed', 0)}/{batch.get('total', 0)}"
+                    if batch else "—")
             table.add_row(shard["key"], str(shard["lines"]), shard["step"], shard["batch_id"] or "—",
-                          shard["batch_status"] or "—", shard["request_counts_json"] or "—")
+                          shard["batch_status"] or "—", done)
         console.print(table)
     if status["runs"]:
-        table = Table(title="runs (newest first)")
-        for column in ("run", "name", "backend", "started", "finished", "succeeded", "fallback",
-                       "429/498/5xx", "cost"):
-            table.add_column(column)
+        live_runs = {w["run"] for w in live}
+        table = _table("runs (newest first)", "run", "name", "started", "outcome", "succeeded",
+                       "failed", "flex", "spent",
+                       right=("run", "succeeded", "failed", "flex", "spent"), squeeze=("name",))
+        errors: list[str] = []
         for run in status["runs"]:
             summary = run["summary"] or {}
             flex = summary.get("fallback") or {}
-            codes = flex.get("status_counts") or {}
-            errors = "/".join(str(codes.get(code, 0)) for code in ("429", "498"))
-            errors += "/" + str(sum(n for code, n in codes.items() if code.startswith("5")))
-            table.add_row(str(run["id"]), run["run_name"] or "—", run["backend"], run["started"],
-                          run["finished"] or "—", str((summary.get("requests") or {}).get("succeeded", "—")),
-                          f"{flex.get('sent', 0)} ({flex.get('tier', '—')})", errors,
-                          f"${(summary.get('totals') or {}).get('cost_usd', 0):.6f}")
+            requests_then = summary.get("requests") or {}
+            table.add_row(str(run["id"]), run["run_name"] or "—", _short_when(run["started"]),
+                          _run_outcome(run, live_runs), str(requests_then.get("succeeded", "—")),
+                          str(requests_then.get("failed", "—")), str(flex.get("sent", 0)),
+                          _run_spent(summary))
+            if summary.get("failed"):
+                errors.append(f"run {run['id']}: {summary['failed']}")
         console.print(table)
+        for line in errors:
+            console.print(line, soft_wrap=False)
 
 
 def _mean(value: float | None) -> str:

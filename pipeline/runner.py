@@ -11,6 +11,7 @@ starts, so running again at any time — after a finished run, a ``--no-wait`` e
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,14 +45,18 @@ from .backend import describe_backend, open_client
 from .cancel import cancel_in_flight
 from .deadline import deadline_passed, drop_unsubmitted
 from .evaluate import check_run_identity, evaluate_run, is_settled, run_identity
+from .failures import failure_reasons
 from .flex import FlexReport, finish_leftovers
 from .leftovers import LeftoverReport, job_deadline_at, rebatch_leftovers
 from .pacing import daily_limit_note
-from .planning import resolve_model
+from .planning import existing_ledger, resolve_model
 from .poll import PollInterval, poll_batches
+from .preflight import check_model, require_input, require_requests
 from .reconcile import ReconcileReport, reconcile_shards
 from .submit import submit_shards, sweep_orphan_uploads
 from .workers import Worker, keep_alive, reap_dead_local_workers, register
+
+log = logging.getLogger("groqbatch.runner")
 
 IN_FLIGHT_STEPS = frozenset(step.value for step in ShardStep) - {
     ShardStep.RECONCILED.value, ShardStep.DROPPED.value}
@@ -59,18 +64,41 @@ IN_FLIGHT_STEPS = frozenset(step.value for step in ShardStep) - {
 
 @dataclass(slots=True)
 class Progress:
-    """A snapshot after one round, for the progress display."""
+    """A snapshot of a run for the progress display: after each round, and while the flex
+    fallback records its answers. What the display shows (:mod:`pipeline.progress`) is read
+    from here alone."""
 
     job: str
     round: int
     elapsed_s: float
     shards: dict[str, int]
+    """Shard step → shards of the job in it."""
     requests: dict[str, int]
+    """Request status → requests of the job in it (the ledger's counts)."""
     batch_statuses: dict[str, int]
+    """Remote batch status (``validating``, ``in_progress``, ``finalizing`` …) → shards whose
+    batch is in it, for shards not yet reconciled."""
+    batch_done: int = 0
+    """Lines the running (and settled, not yet reconciled) batches report done — completed
+    plus failed in their own ``request_counts`` — whose requests the ledger still has as
+    submitted."""
+    batch_lines: int = 0
+    """Lines of those batches in all (their ``request_counts.total``)."""
+    flex_sent: int = 0
+    """Calls the flex fallback made so far in this run."""
+    flex_pace_rps: float = 0.0
+    compiling: bool = False
+    """Another worker is compiling the job; this one waits."""
+
+    @property
+    def answered(self) -> int:
+        """Requests settled in the ledger: succeeded or failed."""
+        return self.requests.get("succeeded", 0) + self.requests.get("failed", 0)
 
     @property
     def done(self) -> int:
-        return self.requests.get("succeeded", 0) + self.requests.get("failed", 0)
+        """Requests answered, counting the lines running batches report done."""
+        return self.answered + self.batch_done
 
     @property
     def total(self) -> int:
@@ -81,7 +109,36 @@ class Progress:
         """Remaining time at the pace so far; None before anything is done."""
         if self.done == 0 or self.elapsed_s <= 0:
             return None
-        return (self.total - self.done) * self.elapsed_s / self.done
+        return max(self.total - self.done, 0) * self.elapsed_s / self.done
+
+
+@dataclass(slots=True)
+class BatchSnapshot:
+    """The job's shards as the ledger has them: steps, batch statuses and batch progress."""
+
+    steps: dict[str, int]
+    statuses: dict[str, int]
+    done: int
+    lines: int
+
+
+def batch_snapshot(ledger: Ledger, job: str) -> BatchSnapshot:
+    """Shard steps, the batch status of each shard not yet reconciled, and the lines those
+    batches report done (from the ``request_counts`` each poll records)."""
+    steps = {step.value: 0 for step in ShardStep}
+    statuses: dict[str, int] = {}
+    done = lines = 0
+    for shard in ledger.shards(job):
+        steps[shard["step"]] += 1
+        if shard["step"] not in (ShardStep.SUBMITTED.value, ShardStep.SETTLED.value):
+            continue
+        status = shard["batch_status"] or "submitted"
+        statuses[status] = statuses.get(status, 0) + 1
+        raw = shard["request_counts_json"]
+        counts = orjson.loads(raw) if raw else {}
+        done += int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
+        lines += int(counts.get("total") or 0) or int(shard["lines"])
+    return BatchSnapshot(steps, statuses, done, lines)
 
 
 @dataclass(slots=True)
@@ -132,9 +189,23 @@ class RunSummary:
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     """A job with ``[[steps]]``: per step, its rows and its requests by status (the other
     counts are the steps' sums)."""
+    spent: dict[str, float] = field(default_factory=dict)
+    """What this run spent: tokens and cost of the answers it recorded (batch lines it
+    reconciled, flex calls it made). ``totals`` is the whole job's, over every run."""
+    failures: list[tuple[str, int]] = field(default_factory=list)
+    """The most common reasons the job's failed requests failed, with their counts."""
+    unsent_reason: str | None = None
+    """Why requests were left retryable at the end: the budget is spent, the fallback is off,
+    stopped on a permanent error, or not triggered for them."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _first_rejection(ledger: Ledger, job: str) -> str | None:
+    for key, index, reason in ledger.rejected_rows(job, limit=1):
+        return f"row {key} (#{index}): {reason}"
+    return None
 
 
 def count_steps(ledger: Ledger, job: str) -> dict[str, int]:
@@ -158,6 +229,12 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
     worker = worker or Worker.make()
     started = time.monotonic()
     check_run_identity(spec, wait=wait, run_name=run_name, config_path=config_path)
+    # A missing input or an unknown model fails before a ledger is made or a run recorded.
+    require_input(spec, config_path)
+    answered_before = _answered_before(spec)
+    warnings: list[str] = []
+    if spec.model is not None and not answered_before:
+        warnings = await check_model(spec, spec.model, config_path)
     with Ledger.open(spec.ledger_target) as ledger:
         # An unknown or deleted adapter fails here, before anything is recorded or spent.
         model = resolve_model(spec, ledger, config=config_path)
@@ -165,6 +242,11 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
                   for step in job_steps(spec)}
         for step in job_steps(spec):  # before anything is spent
             refuse_unpriced_budget(step.spec, models[step.job], config_path=config_path)
+        if not answered_before:
+            for step in job_steps(spec):
+                if spec.model is not None and step.spec.model == spec.model:
+                    continue  # asked above, before the ledger was opened
+                warnings += await check_model(step.spec, models[step.job], config_path)
         ledger.record_job(spec.name, spec_hash(spec), spec_json(spec))
         for step in job_steps(spec) if spec.steps else ():
             ledger.record_job(step.job, spec_hash(step.spec), spec_json(step.spec))
@@ -180,14 +262,43 @@ async def run_job(spec: JobSpec, *, wait: bool = True, refresh: bool = False,
         except BaseExceptionGroup as failed:
             # The heartbeat never fails, so the group holds the run's own error: raise it as
             # it is, for the CLI's one-line message and exit code.
-            if len(failed.exceptions) == 1:
-                raise failed.exceptions[0]  # noqa: B904 - its own cause is kept
+            error = failed.exceptions[0] if len(failed.exceptions) == 1 else failed
+            _record_failed_run(ledger, run_id, error)
+            if error is not failed:
+                raise error  # noqa: B904 - its own cause is kept
+            raise
+        except Exception as error:
+            _record_failed_run(ledger, run_id, error)
             raise
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(ledger.stop_worker, worker.id)
+        summary.notes[:0] = warnings
         ledger.finish_run(run_id, summary.as_dict())
         return summary
+
+
+def _answered_before(spec: JobSpec) -> bool:
+    """Whether the job's ledger holds answers to this very config (model included): its model
+    was served then, so a run that may have nothing to do asks the server nothing."""
+    ledger = existing_ledger(spec)
+    if ledger is None:
+        return False
+    with ledger:
+        return (ledger.job_spec_hash(spec.name) == spec_hash(spec)
+                and ledger.usage_averages(spec.name)[0] > 0)
+
+
+def _record_failed_run(ledger: Ledger, run_id: int, error: BaseException) -> None:
+    """A run stopped by an error is finished in the ledger with the reason, not left looking
+    as if it were still going."""
+    from .errors import exit_code_for, redact
+
+    try:
+        ledger.finish_run(run_id, {"failed": redact(str(error) or type(error).__name__),
+                                   "exit_code": exit_code_for(error)})
+    except Exception:
+        log.warning("could not record run %d as failed", run_id, exc_info=True)
 
 
 OPEN_REQUESTS = (RequestStatus.PENDING, RequestStatus.QUEUED, RequestStatus.SUBMITTED,
@@ -212,6 +323,22 @@ def _summed_totals(totals: list[dict[str, float]]) -> dict[str, float]:
         for key, value in each.items():
             total[key] = total.get(key, 0) + value
     return total
+
+
+def _summed_snapshots(snapshots: list[BatchSnapshot]) -> BatchSnapshot:
+    """:func:`batch_snapshot` over the steps."""
+    return BatchSnapshot(_summed([s.steps for s in snapshots]),
+                         _summed([s.statuses for s in snapshots]),
+                         sum(s.done for s in snapshots), sum(s.lines for s in snapshots))
+
+
+def _summed_failures(per_step: list[list[tuple[str, int]]]) -> list[tuple[str, int]]:
+    """The most common failure reasons over the steps (as :func:`failure_reasons` gives)."""
+    counts: dict[str, int] = {}
+    for reasons in per_step:
+        for reason, n in reasons:
+            counts[reason] = counts.get(reason, 0) + n
+    return sorted(counts.items(), key=lambda item: -item[1])[:3]
 
 
 def _summed_paths(per_step: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -384,10 +511,45 @@ class _Run:
         else:
             await self._compile()
 
+    def _flex_progress(self, job: str, before: dict[str, int],
+                       run_flexed: FlexReport) -> Callable[[FlexReport], None] | None:
+        """While the fallback runs, a Progress per recorded chunk: the round's counts moved on
+        by what the stage has recorded so far (no ledger query per chunk)."""
+        on_progress = self.on_progress
+        if on_progress is None:
+            return None
+        shards = count_steps(self.ledger, job)
+
+        def report(stage: FlexReport) -> None:
+            requests = dict(before)
+            settled = stage.succeeded + stage.failed + stage.gave_up
+            requests["succeeded"] = requests.get("succeeded", 0) + stage.succeeded
+            requests["failed"] = requests.get("failed", 0) + stage.failed + stage.gave_up
+            requests["retryable"] = max(requests.get("retryable", 0) - settled, 0)
+            elapsed = run_flexed.elapsed_s + stage.elapsed_s
+            sent = run_flexed.sent + stage.sent
+            on_progress(Progress(self.spec.name, 0, time.monotonic() - self.started, shards,
+                                 requests, {}, flex_sent=sent,
+                                 flex_pace_rps=sent / elapsed if elapsed > 0 else 0.0))
+
+        return report
+
     async def go(self) -> RunSummary:
         spec, ledger, worker = self.spec, self.ledger, self.worker
         await anyio.to_thread.run_sync(reap_dead_local_workers, ledger, worker, spec.name)
-        await self._compile()
+        if await self._compile():
+            report = self.compiled
+            first_job = self.steps[0].job
+            require_requests(self.steps[0].spec, self.config_path, rows=report.rows,
+                             ok=report.ok, rejected=report.rejected,
+                             example=_first_rejection(ledger, first_job))
+        if self.on_progress is not None:  # compiled: shown before the first batch is sent
+            batches = _summed_snapshots([batch_snapshot(ledger, step.job) for step in self.steps])
+            self.on_progress(Progress(spec.name, 0, time.monotonic() - self.started,
+                                      batches.steps,
+                                      _summed([ledger.request_counts(step.job)
+                                               for step in self.steps]), {},
+                                      compiling=self.compile_waiting is not None))
         prices = load_prices()
         step_prices = {step.job: price_for(self.models[step.job], prices) for step in self.steps}
         # One rule for batch lines and flex answers, per step.
@@ -412,7 +574,6 @@ class _Run:
                     await self._catch_up_compile()
                 created = held_shards = 0
                 changed = False
-                statuses: dict[str, int] = {}
                 for step in self.steps:
                     job = step.job
                     late = deadline_passed(deadlines[job])
@@ -440,8 +601,6 @@ class _Run:
                         self.skipped.update(submitted.notes)
                     polled = await poll_batches(ledger, client, job, worker)
                     poll_calls += polled.calls
-                    for status, n in polled.statuses.items():
-                        statuses[status] = statuses.get(status, 0) + n
                     round_reconciled = await reconcile_shards(
                         ledger, client, job, spec.workdir_path / "downloads", step_prices[job],
                         outputs=outputs[job], worker=worker,
@@ -457,21 +616,29 @@ class _Run:
                         if round_left.rebatched and self.compile_waiting is None:
                             await self._compile(only_shards=True)  # submitted next round
                     round_flexed = FlexReport(tier=flexed.tier)
-                    if not flexed.daily_limit:  # stopped for today: batches go on, flex waits
+                    # Stopped for today (the batches go on, flex waits), or halted on a
+                    # permanent error: this run sends nothing more through the fallback.
+                    if not flexed.daily_limit and flexed.halted is None:
+                        before = ledger.request_counts(job) if self.on_progress else {}
                         round_flexed = await finish_leftovers(
                             ledger, client, step.spec, step_prices[job], deadline_passed=late,
-                            worker=worker, keep=round_left.keep_for_batch(step.spec))
+                            worker=worker, keep=round_left.keep_for_batch(step.spec),
+                            on_record=self._flex_progress(job, before, flexed))
                     flexed.add(round_flexed)
                     changed |= bool(polled.changed or round_reconciled.shards
                                     or round_flexed.sent)
                 # Later steps take what their previous steps answered this round.
                 await self._advance_steps()
-                step_counts = {step.job: count_steps(ledger, step.job) for step in self.steps}
-                steps = _summed(list(step_counts.values()))
+                batches = _summed_snapshots([batch_snapshot(ledger, step.job)
+                                             for step in self.steps])
+                steps = batches.steps
                 if on_progress := self.on_progress:
                     requests = _summed([ledger.request_counts(step.job) for step in self.steps])
                     on_progress(Progress(spec.name, rounds, time.monotonic() - self.started,
-                                         steps, requests, statuses))
+                                         steps, requests, batches.statuses,
+                                         batch_done=batches.done, batch_lines=batches.lines,
+                                         flex_sent=flexed.sent, flex_pace_rps=flexed.pace_rps,
+                                         compiling=self.compile_waiting is not None))
                 in_flight = sum(steps[step] for step in IN_FLIGHT_STEPS)
                 # Shards the budget keeps compiled are not in flight: nothing moves them.
                 active = in_flight - steps[ShardStep.COMPILED.value]
@@ -541,6 +708,10 @@ class _Run:
                        "mode": spec.policy.fallback.leftovers},
             paths=_summed_paths([cost_by_path(ledger, step.job, step_prices[step.job])
                                  for step in self.steps]),
+            spent={"prompt_tokens": reconciled.prompt_tokens + flexed.prompt_tokens,
+                   "completion_tokens": reconciled.completion_tokens + flexed.completion_tokens,
+                   "cost_usd": reconciled.cost_usd + flexed.cost_usd},
+            failures=_summed_failures([failure_reasons(ledger, step.job) for step in self.steps]),
         )
         self._notes(summary, swept, flexed, in_flight, open_requests)
         if spec.evaluate is not None and summary.finished and is_settled(requests):
@@ -595,13 +766,24 @@ class _Run:
                 f"({caps}) and run again to send them"
             )
         if flexed.daily_limit:
+            summary.unsent_reason = "the day's request limit is reached"
             notes.append(daily_limit_note(flexed.daily_limit, summary.left_retryable))
+        elif flexed.halted:
+            summary.unsent_reason = "the fallback stopped: the same permanent error on every call"
+            notes.append(
+                f"the fallback stopped sending after {flexed.failed} calls got the same "
+                f"permanent error and none was answered ({flexed.halted}): "
+                f"{summary.left_retryable} requests are left retryable, unsent; fix the cause "
+                "and run again")
         elif flexed.budget_exhausted:
+            summary.unsent_reason = f"the budget ({flexed.budget_exhausted}) is spent"
             notes.append(
                 f"the budget ({flexed.budget_exhausted}) is spent: {summary.left_retryable} requests "
                 "are left retryable; raise [policy.budget] and run again to finish them"
             )
         elif summary.left_retryable:
+            summary.unsent_reason = ("the fallback is off" if not spec.policy.fallback.enabled
+                                     else "their trigger is not in [policy.fallback].triggers")
             why = ("(the fallback is off)" if not spec.policy.fallback.enabled
                    else "(their trigger is not in [policy.fallback].triggers)")
             if self.leftover_route == "wait":

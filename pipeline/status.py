@@ -12,7 +12,7 @@ from jobs.plan import unpriced
 from jobs.steps import job_steps
 from state import Ledger
 
-from .errors import ConfigError
+from .errors import NoLedgerError
 from .planning import existing_ledger
 
 
@@ -26,8 +26,7 @@ def job_status(spec: JobSpec, *, runs: int = 10) -> dict[str, Any]:
     """Runs, shards, request counts, tokens and cost so far, as one JSON-ready mapping."""
     ledger = existing_ledger(spec)
     if ledger is None:
-        raise ConfigError(f"job {spec.name!r} has no ledger yet at {spec.ledger_target}: "
-                          "nothing has run", field="ledger")
+        raise NoLedgerError(spec.name, spec.ledger_target)
     with ledger:
         return _status(ledger, spec, runs)
 

@@ -150,6 +150,29 @@ def claim_requests(
     return got
 
 
+def release_requests(db: Database, custom_ids: Sequence[str], worker: str, reason: str) -> int:
+    """``worker`` gives back in-flight requests it claimed but never sent: retryable again,
+    the attempt the claim counted given back, ``reason`` kept as the last error."""
+    now = time.time()
+    attempts = (func.max(t.requests.c.attempts - 1, 0) if db.dialect == "sqlite"
+                else func.greatest(t.requests.c.attempts - 1, 0))
+    statement = (
+        update(t.requests)
+        .where(
+            t.requests.c.custom_id.in_(bindparam("ids", expanding=True)),
+            t.requests.c.status == _IN_FLIGHT,
+            t.requests.c.claimed_by == worker,
+        )
+        .values(status=_RETRYABLE, claimed_by=None, lease_until=None, attempts=attempts,
+                last_error=reason, updated_at=now)
+    )
+    moved = 0
+    with db.transaction("release_requests") as connection:
+        for chunk in chunked(custom_ids, CHUNK_SIZE):
+            moved += int(connection.execute(statement, {"ids": chunk}).rowcount)
+    return moved
+
+
 def recover_expired_requests(db: Database, job: str, reason: str) -> int:
     """In-flight requests of ``job`` whose claim expired (their worker died mid-call) go back
     to retryable. The interrupted call is not a failed attempt — it got neither an answer nor

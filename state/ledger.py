@@ -483,6 +483,11 @@ class Ledger:
             self._db, custom_ids, worker, lease_s=lease_s, tier=Tier(tier).value
         )
 
+    def release_requests(self, custom_ids: Sequence[str], worker: str, reason: str) -> int:
+        """In-flight requests ``worker`` claimed but did not send → retryable, their attempt
+        given back."""
+        return claims.release_requests(self._db, custom_ids, worker, reason)
+
     def recover_expired_requests(self, job: str, reason: str) -> int:
         """In-flight requests whose claim expired → retryable, their attempt given back."""
         return claims.recover_expired_requests(self._db, job, reason)
@@ -603,6 +608,17 @@ class Ledger:
     def row_counts(self, job: str) -> dict[str, int]:
         """ok / rejected → number of the job's input rows."""
         return reports.row_counts(self._db, job)
+
+    def error_counts(self, job: str, statuses: Iterable[RequestStatus],
+                     limit: int = 50) -> list[tuple[str | None, int]]:
+        """The job's requests in ``statuses`` grouped by their last error: (error, count), most
+        common first, at most ``limit`` groups."""
+        return reports.error_counts(self._db, job, statuses, limit)
+
+    def usage_averages(self, job: str) -> tuple[int, float, float]:
+        """(answers, mean prompt tokens, mean completion tokens) over the job's succeeded
+        requests that report usage: what its answers have cost so far."""
+        return reports.usage_averages(self._db, job)
 
     def rejected_rows(self, job: str, limit: int = 20) -> list[tuple[str, int, str]]:
         """The first ``limit`` rejected rows of a job: (row_key, row_index, reason)."""

@@ -110,6 +110,36 @@ def row_counts(db: Database, job: str) -> dict[str, int]:
     return counts
 
 
+def error_counts(db: Database, job: str, statuses: Iterable[RequestStatus],
+                 limit: int = 50) -> list[tuple[str | None, int]]:
+    """See :meth:`state.Ledger.error_counts`."""
+    columns = t.requests.c
+    count = func.count().label("n")
+    query = (
+        select(columns.last_error, count)
+        .where(columns.status.in_([RequestStatus(s).value for s in statuses]),
+               columns.custom_id.in_(select(t.rows.c.custom_id).where(t.rows.c.job == job)))
+        .group_by(columns.last_error)
+        .order_by(count.desc())
+        .limit(limit)
+    )
+    with db.transaction("error_counts", write=False) as connection:
+        return [(error, int(n)) for error, n in connection.execute(query)]
+
+
+def usage_averages(db: Database, job: str) -> tuple[int, float, float]:
+    """See :meth:`state.Ledger.usage_averages`."""
+    columns = t.requests.c
+    query = select(
+        func.count(), func.coalesce(func.avg(columns.prompt_tokens), 0.0),
+        func.coalesce(func.avg(columns.completion_tokens), 0.0),
+    ).where(columns.status == RequestStatus.SUCCEEDED.value, columns.prompt_tokens > 0,
+            columns.custom_id.in_(select(t.rows.c.custom_id).where(t.rows.c.job == job)))
+    with db.transaction("usage_averages", write=False) as connection:
+        answered, prompt, completion = connection.execute(query).one()
+    return int(answered), float(prompt), float(completion)
+
+
 def rejected_rows(db: Database, job: str, limit: int = 20) -> list[tuple[str, int, str]]:
     """See :meth:`state.Ledger.rejected_rows`."""
     query = (

@@ -35,6 +35,7 @@ import sys
 import threading
 from array import array
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -402,3 +403,17 @@ class StateStore:
         for ft_row in conn.execute(LOAD_FINE_TUNINGS):
             state.fine_tunings.append(FineTuning(*ft_row))
         return state
+
+
+def saved_adapter_models(data_dir: Path) -> frozenset[str]:
+    """The ``ft:`` model ids registered on the server whose state is in ``data_dir``, read
+    without opening (or locking) it: a running server may hold it. Empty if there is none."""
+    path = data_dir / DB_NAME
+    if not path.is_file():
+        return frozenset()
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            return frozenset(row[0] for row in conn.execute(
+                "SELECT fine_tuned_model FROM fine_tunings"))
+    except sqlite3.Error:
+        return frozenset()

@@ -39,13 +39,15 @@ def test_the_workers_bench_prints_its_table_when_the_work_is_done() -> None:
 
 
 def test_the_workers_bench_fails_without_a_ratio_when_nothing_succeeds() -> None:
-    # The server knows no such model: every chat call is a 404, no request succeeds.
+    # The server knows no such model: the workers refuse it before sending anything (exit 2),
+    # so no request succeeds and the bench prints no figures.
     result = run_bench("--only", "sync", "--workers", "1", "--model", "no-such-model")
 
     assert result.returncode == 1, result.stdout
     assert "speed-up" not in result.stdout
     assert "work not done, no figures" in result.stderr
-    assert "{'failed': 40} for 40 requests" in result.stderr
+    assert "exited 2" in result.stderr
+    assert "model: unknown model 'no-such-model'" in result.stderr
 
 
 RECONCILE = BENCH.parent / "reconcile.py"

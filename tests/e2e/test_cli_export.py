@@ -23,7 +23,7 @@ def quickstart(tmp_path: Path) -> Path:
 def test_export_before_any_run_says_nothing_has_run(tmp_path: Path) -> None:
     config = quickstart(tmp_path)
     result = run_cli("export", str(config))
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "nothing has run" in result.stderr
     assert not (tmp_path / "out").exists()
 

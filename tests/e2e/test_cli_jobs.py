@@ -66,5 +66,6 @@ def test_plan_spends_nothing_and_writes_nothing(tmp_path: Path) -> None:
     table = run_cli("plan", str(config))
     assert table.returncode == 0
     assert "to send" in table.stdout
-    assert "estimated cost (batch, 50% off)" in table.stdout
+    assert "cost at most (batch, 50% off)" in table.stdout
+    assert "cost expected (batch)" in table.stdout
 

@@ -99,10 +99,11 @@ def test_run_json_summary_then_status_from_the_ledger(tmp_path: Path) -> None:
     assert "results: in the ledger" in human.stdout
 
 
-def test_status_of_a_job_that_never_ran_is_a_config_error(tmp_path: Path) -> None:
+def test_status_of_a_job_that_never_ran_is_a_ledger_error(tmp_path: Path) -> None:
     config = write_job(tmp_path, rows=2)
     result = run_cli("status", str(config))
-    assert result.returncode == 2
+    assert result.returncode == 3  # no ledger to read: docs/src/guide/exit-codes.md
+    assert result.stderr.splitlines()[0].startswith("error: job 'life' has no ledger yet at ")
     assert "nothing has run" in result.stderr
 
 
@@ -154,10 +155,17 @@ def test_cancel_reconciles_what_the_batches_finished(tmp_path: Path) -> None:
     assert all("batch_cancelled" in (r.last_error or "") for r in left.values())
     assert len(done) + len(left) == 18
 
-    after = run_json("run", str(config))
+    # With the fallback off the cancelled requests stay unanswered: a failure unless allowed.
+    refused = run_cli("run", "--quiet", str(config))
+    assert refused.returncode == 4, refused.stderr
+    assert refused.stderr.splitlines()[0].startswith(
+        f"error: finished with failures: 0 of 18 requests failed, {len(left)} left unsent "
+        "(the fallback is off)")
+    after = run_json("run", "--max-failed", "100%", str(config))
     assert after["finished"] is True
     assert after["poll_calls"] == 0
     assert after["left_retryable"] == len(left)
+    assert after["unsent_reason"] == "the fallback is off"
 
 
 def test_run_against_groqbatch_serve_named_by_groq_base_url(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_status_of_a_ledger_under_a_file(tmp_path: Path) -> None:
                                   f"{tmp_path / 'afile'} is a file, not a folder")
     # A plain path that does not exist is a ledger that was never made: status says so.
     as_path = run_cli("status", "--ledger", str(ledger), str(config))
-    assert as_path.returncode == 2, as_path.stderr
+    assert as_path.returncode == 3, as_path.stderr
     assert "Traceback" not in as_path.stderr
     assert f"no ledger yet at {ledger}" in as_path.stderr
 

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 import pipeline as groqbatch
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, NoLedgerError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -69,7 +69,7 @@ def test_job_from_dict_names_the_field() -> None:
 
 
 def test_results_before_any_run_is_a_clear_error(quickstart: Path) -> None:
-    with pytest.raises(ConfigError, match="has not run yet"):
+    with pytest.raises(NoLedgerError, match="nothing has run"):
         list(groqbatch.results(quickstart))
 
 

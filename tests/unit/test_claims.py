@@ -183,3 +183,15 @@ def test_a_shard_whose_requests_another_compile_took_is_not_recorded(ledger: Led
     assert ledger.record_shard("job", ShardRecord("mine2", "/z", "3" * 64, 2, 20), ["a", "c"],
                                whole=True)
     assert ledger.statuses(ids) == {"a": S.QUEUED, "b": S.QUEUED, "c": S.QUEUED}
+
+
+def test_a_claim_given_back_unsent_is_retryable_without_an_attempt(ledger: Ledger) -> None:
+    ids = ["a", "b", "c"]
+    _retryable(ledger, ids)
+    assert sorted(ledger.claim_requests(ids, "w1", lease_s=60, tier="flex")) == ids
+    assert ledger.release_requests(["a", "b"], "w2", "flex: not sent") == 0  # not w2's claims
+    assert ledger.release_requests(["a", "b"], "w1", "flex: not sent") == 2
+    assert ledger.statuses(ids) == {"a": S.RETRYABLE, "b": S.RETRYABLE, "c": S.IN_FLIGHT}
+    assert ledger.request_totals("job")["attempts"] == 1
+    assert ledger.error_counts("job", [S.RETRYABLE]) == [("flex: not sent", 2)]
+    assert ledger.live_claims("job") == {"w1": {"requests": 1}}

@@ -199,3 +199,43 @@ def test_batch_line_bytes_match_shard_bytes(tmp_path: Path, ledger: Ledger) -> N
     assert report.shards[0].bytes == len(
         batch_line(custom_id, orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
     )
+
+
+def test_prompt_tokens_are_estimated_from_the_text_not_the_body(tmp_path: Path) -> None:
+    from jobs.compile import estimate_prompt_tokens
+    from pipeline.emulator.responder import estimate_tokens
+
+    text = "Summarise this review in one line: the battery lasts two days and the screen is sharp."
+    body = orjson.dumps({"model": "llama-3.1-8b-instant", "temperature": 0, "seed": 7,
+                         "max_completion_tokens": 256,
+                         "messages": [{"role": "system", "content": "You are terse."},
+                                      {"role": "user", "content": text}]})
+    # 3 for the reply, 4 a message, the text at 4 characters a token: what the local server
+    # (like Groq's tokenizers, roughly) counts — not the body's size / 4, ~2x that here.
+    expected = 3 + 4 + estimate_tokens("You are terse.") + 4 + estimate_tokens(text)
+    assert estimate_prompt_tokens(body) == expected
+    assert len(body) // 4 > 1.5 * expected
+    with_image = orjson.dumps({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/" + "x" * 400}}]}]})
+    assert estimate_prompt_tokens(with_image) == 3 + 4 + estimate_tokens("What is this?") + 85
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    plain = orjson.dumps({"messages": [{"role": "user", "content": text}]})
+    constrained = orjson.dumps({"messages": [{"role": "user", "content": text}],
+                                "response_format": schema})
+    assert estimate_prompt_tokens(constrained) > estimate_prompt_tokens(plain)
+    assert estimate_prompt_tokens(b'{"model":"whisper-large-v3","file":"a.wav"}') == 11
+
+
+def test_plan_cost_is_a_range_at_most_and_expected(tmp_path: Path, ledger: Ledger) -> None:
+    spec = make_spec(tmp_path, [{"text": str(i)} for i in range(8)],
+                     prompt={"max_completion_tokens": 100})
+    prices = {"llama-3.1-8b-instant": Price("llama-3.1-8b-instant", 0.05, 0.08)}
+    plan = plan_job(spec, ledger, prices=prices)
+    assert plan.max_completion_tokens == 100
+    assert plan.expected_from == "the upper bound"
+    prompt = plan.compile.est_prompt_tokens
+    assert plan.cost_batch_usd == pytest.approx((prompt * 0.05 + 800 * 0.08) / 1e6 / 2)
+    assert plan.cost_expected_usd == pytest.approx(plan.cost_batch_usd)
+    unbounded = plan_job(make_spec(tmp_path, [{"text": "a"}]), ledger, prices=prices)
+    assert any("max_completion_tokens is not set" in w for w in unbounded.warnings)
