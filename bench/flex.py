@@ -49,6 +49,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import load_job
+from pipeline.errors import GroqBatchError
 from pipeline.runner import RunSummary, run_job
 from state import Ledger, RequestStatus
 from tests.e2e.cli import ServeProcess
@@ -156,7 +157,13 @@ def check_done(config: Path, what: str, summary: RunSummary) -> tuple[int, int]:
 
 
 def run_fallback(config: Path) -> RunSummary:
-    return anyio.run(lambda: run_job(load_job(config)))
+    """One ``run_job`` of the bench's job; refused before anything is sent (an unknown model,
+    say) is work not done, with the reason."""
+    try:
+        return anyio.run(lambda: run_job(load_job(config)))
+    except GroqBatchError as exc:
+        raise WorkNotDone(f"{config.parent.name}: work not done, no figures — the run was "
+                          f"refused: {exc}") from None
 
 
 def throughput(folder: Path, requests: int, concurrency: int, repeat: int, model: str) -> None:

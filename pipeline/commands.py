@@ -89,7 +89,7 @@ def init(directory: Path, name: str | None, force: bool, as_json: bool) -> None:
 # -- retry --------------------------------------------------------------------------------------
 
 
-@run_options("no_wait", "run_name", "worker_id", "lease_s")
+@run_options("no_wait", "run_name", "worker_id", "lease_s", "max_failed")
 @main.command("retry")
 @config_argument
 @click.option("--failed", "failed", is_flag=True,
@@ -109,16 +109,22 @@ def init(directory: Path, name: str | None, force: bool, as_json: bool) -> None:
 def retry(config: Path, failed: bool, invalid_output: bool, where: tuple[str, ...],
           mark_only: bool, dry_run: bool, ledger_url: str | None, quiet: bool, as_json: bool,
           no_wait: bool, run_name: str | None, worker_id: str | None,
-          lease_s: float | None) -> None:
+          lease_s: float | None, max_failed: str) -> None:
     """Send failed requests again: mark them (failed → pending, their error kept in the
     ledger's history), then run the job as `run` does. Without --failed or --invalid-output,
-    both. Succeeded and open requests are never sent again; safe while other workers run."""
+    both. Succeeded and open requests are never sent again; safe while other workers run.
+    Exits 4, as `run` does, when more requests end failed or unsent than --max-failed allows."""
     import anyio
 
-    from .render import ProgressDisplay, print_run_summary
+    from .failures import MaxFailed, check_failures
+    from .render import ProgressDisplay
     from .resend import parse_where, retry_job
     from .workers import Worker
 
+    try:
+        tolerance = MaxFailed.parse(max_failed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-failed") from None
     spec = load_spec(config, ledger_url)
     both = not (failed or invalid_output)
     selection = parse_where(where)
@@ -133,7 +139,15 @@ def retry(config: Path, failed: bool, invalid_output: bool, where: tuple[str, ..
         display.close()
     if as_json:
         echo_json(report.as_dict())
-        return
+    else:
+        _print_retry(report, dry_run, config)
+    if report.summary is not None:
+        check_failures(report.summary, tolerance)
+
+
+def _print_retry(report: Any, dry_run: bool, config: Path) -> None:
+    from .render import print_run_summary
+
     marked = report.marked
     kinds = f"{marked['failed']} failed, {marked['invalid_output']} invalid output"
     verb = "would mark" if dry_run else "marked"

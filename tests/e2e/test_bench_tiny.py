@@ -128,5 +128,6 @@ def test_the_flex_bench_fails_without_a_figure_when_requests_are_not_answered() 
 
     assert result.returncode == 1, result.stdout
     assert "req/s" not in result.stdout
-    assert "throughput: work not done, no figures — 0 of 200 requests succeeded once" in result.stderr
-    assert "'status_counts': {'404': 200}" in result.stderr
+    # The model is refused before any call is made (issue 14: fail loud before spending).
+    assert "work not done, no figures — the run was refused" in result.stderr
+    assert "unknown model 'no-such-model'" in result.stderr
