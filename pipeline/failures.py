@@ -101,8 +101,10 @@ def failure_reasons(ledger: Ledger, job: str, *, top: int = 3) -> list[tuple[str
 def check_failures(summary: Any, tolerance: MaxFailed) -> None:
     """Raise :class:`FinishedWithFailures` when a finished run (a
     :class:`~pipeline.runner.RunSummary`) left more requests failed or unsent than allowed.
-    A run that is not finished (``--no-wait``, work still in flight) is not judged yet."""
-    if not summary.finished:
+    A run that is not finished (``--no-wait``, work still in flight) is not judged yet, nor one
+    stopped for today by the day's request limit: what it left is sent once the limit resets
+    (its note says when), so it is a pause, not a failure."""
+    if not summary.finished or summary.fallback.get("daily_limit"):
         return
     failed = summary.requests.get("failed", 0)
     unsent = summary.left_retryable  # unanswered all the same, whatever left them

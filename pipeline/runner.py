@@ -676,10 +676,6 @@ class _Run:
                 await anyio.sleep(interval.next(changed=changed or bool(created)))
         step_requests = {step.job: ledger.request_counts(step.job) for step in self.steps}
         requests = _summed(list(step_requests.values()))
-        if flexed.daily_limit and requests[RequestStatus.RETRYABLE.value]:
-            # Stopped for today: what is left is sent once the day's limit resets. The job is
-            # paused, not finished with failures (no exit 4; the note says when to run again).
-            finished = False
         summary = RunSummary(
             job=spec.name,
             run_id=self.run_id,

@@ -44,11 +44,13 @@ def test_max_failed_refuses(text: str) -> None:
 
 
 def summary(*, finished: bool = True, failed: int = 0, retryable: int = 0,
-            unsent_reason: str | None = None) -> SimpleNamespace:
+            unsent_reason: str | None = None,
+            daily_limit: dict[str, str] | None = None) -> SimpleNamespace:
     return SimpleNamespace(finished=finished, requests={"succeeded": 100 - failed - retryable,
                                                         "failed": failed, "retryable": retryable},
                            left_retryable=retryable, unsent_reason=unsent_reason,
-                           failures=[("model_not_found: gone", failed)] if failed else [])
+                           failures=[("model_not_found: gone", failed)] if failed else [],
+                           fallback={"daily_limit": daily_limit})
 
 
 def test_a_clean_run_passes() -> None:
@@ -69,3 +71,11 @@ def test_failures_beyond_the_tolerance_are_exit_4() -> None:
 
 def test_an_unfinished_run_is_not_judged_yet() -> None:
     check_failures(summary(finished=False, failed=50), MaxFailed())
+
+
+def test_a_run_stopped_for_today_is_a_pause_not_a_failure() -> None:
+    # The day's request limit is spent: what is left is sent once it resets.
+    stopped = {"limit": "requests per day (RPD) 14400", "resets_at": "2026-11-30T00:00:00Z"}
+    check_failures(summary(retryable=40, daily_limit=stopped), MaxFailed())
+    with pytest.raises(FinishedWithFailures):
+        check_failures(summary(retryable=40), MaxFailed())
