@@ -185,8 +185,9 @@ class BudgetSpec(_Table):
         default=None,
         ge=1,
         description="Requests the job may send in all runs, batch lines plus fallback calls. "
-        "Checked before each fallback call: the one that would go over is not sent, and the "
-        "rest stays retryable. Default: no limit.",
+        "Checked on both paths: compile and submit stop before a shard whose estimate would "
+        "go over (its requests stay pending), and the fallback does not send the call that "
+        "would (the rest stays retryable). Default: no limit.",
     )
     max_tokens: int | None = Field(
         default=None,
@@ -288,8 +289,9 @@ class PolicySpec(_Table):
     )
     budget: BudgetSpec = Field(
         default=BudgetSpec(),
-        description="`[policy.budget]`: job-wide ceilings, counting every run and worker; "
-        "when the next call would go over, the run stops cleanly with the rest retryable.",
+        description="`[policy.budget]`: job-wide ceilings over both paths, counting every run "
+        "and worker; a shard or call that would go over is not sent, and the rest waits for "
+        "a larger budget.",
     )
 
     @field_validator("completion_window", mode="after")

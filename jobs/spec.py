@@ -181,14 +181,7 @@ class InputSpec(_Table):
 
     def keeps(self, row: Mapping[str, Any]) -> bool:
         """Whether ``row`` passes ``where`` (plain equality; no expressions are evaluated)."""
-        for column, wanted in self.where.items():
-            value = row.get(column)
-            if isinstance(wanted, list):
-                if value not in wanted:
-                    return False
-            elif value != wanted:
-                return False
-        return True
+        return row_matches(self.where, row)
 
 
 class OutputSpec(_Table):

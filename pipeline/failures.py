@@ -107,7 +107,9 @@ def check_failures(summary: Any, tolerance: MaxFailed) -> None:
     if not summary.finished or summary.fallback.get("daily_limit"):
         return
     failed = summary.requests.get("failed", 0)
-    unsent = summary.left_retryable  # unanswered all the same, whatever left them
+    # Unanswered all the same, whatever left them: retryable at the end, or held back unsent by
+    # the budget on the batch path.
+    unsent = summary.left_retryable + summary.budget_held
     total = sum(summary.requests.values())
     allowed = tolerance.allowed(total)
     if failed + unsent > allowed:

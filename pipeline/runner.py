@@ -758,6 +758,7 @@ class _Run:
             notes.append(f"{flexed.recovered_in_flight} flex calls cut short by a stopped worker "
                          "were taken back (not counted as attempts)")
         if summary.budget_held:
+            summary.unsent_reason = "the budget is reached"
             caps = ", ".join(f"{name} = {value}" for name, value in
                              spec.policy.budget.model_dump(exclude={"expected_completion_tokens"}).items()
                              if value is not None)

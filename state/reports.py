@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from state import schema as t
 from state.engine import CHUNK_SIZE, Database, chunked, decompress
@@ -172,6 +172,13 @@ def shard(db: Database, key: str) -> dict[str, Any] | None:
 
 def request_totals(db: Database, job: str) -> dict[str, float]:
     """See :meth:`state.Ledger.request_totals`."""
+    with db.transaction("request_totals", write=False) as connection:
+        return request_totals_in(connection, job)
+
+
+def request_totals_in(connection: Connection, job: str) -> dict[str, float]:
+    """:func:`request_totals` inside the caller's transaction (the budget reads it with its
+    write lock held, :mod:`state.spend`)."""
     columns = t.requests.c
     query = select(
         func.coalesce(func.sum(columns.prompt_tokens), 0),
@@ -179,8 +186,7 @@ def request_totals(db: Database, job: str) -> dict[str, float]:
         func.coalesce(func.sum(columns.cost_usd), 0.0),
         func.coalesce(func.sum(columns.attempts), 0),
     ).where(columns.custom_id.in_(select(t.rows.c.custom_id).where(t.rows.c.job == job)))
-    with db.transaction("request_totals", write=False) as connection:
-        prompt, completion, cost, attempts = connection.execute(query).one()
+    prompt, completion, cost, attempts = connection.execute(query).one()
     return {"prompt_tokens": int(prompt), "completion_tokens": int(completion),
             "cost_usd": float(cost), "attempts": int(attempts)}
 

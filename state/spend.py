@@ -18,6 +18,7 @@ from sqlalchemy import Connection, case, func, select, update
 
 from state import schema as t
 from state.engine import Database
+from state.reports import request_totals_in
 from state.status import RequestStatus, ShardStep, Tier
 
 __all__ = ["Committed", "ExtraSpend", "begin_upload_within", "committed_shards", "cost_by_path",
@@ -114,7 +115,7 @@ def extra_spend(db: Database, job: str) -> dict[str, float]:
 def spend_totals_in(connection: Connection, job: str) -> dict[str, float]:
     """The job's recorded tokens, cost and attempts (see :meth:`state.Ledger.request_totals`),
     plus the answers paid for twice (each one call)."""
-    totals = _request_totals_in(connection, job)
+    totals = request_totals_in(connection, job)
     extra = _extra_in(connection, job)
     return {"prompt_tokens": totals["prompt_tokens"] + extra["prompt_tokens"],
             "completion_tokens": totals["completion_tokens"] + extra["completion_tokens"],
@@ -126,19 +127,6 @@ def spend_totals(db: Database, job: str) -> dict[str, float]:
     """See :meth:`state.Ledger.spend_totals`."""
     with db.transaction("spend_totals", write=False) as connection:
         return spend_totals_in(connection, job)
-
-
-def _request_totals_in(connection: Connection, job: str) -> dict[str, float]:
-    columns = t.requests.c
-    query = select(
-        func.coalesce(func.sum(columns.prompt_tokens), 0),
-        func.coalesce(func.sum(columns.completion_tokens), 0),
-        func.coalesce(func.sum(columns.cost_usd), 0.0),
-        func.coalesce(func.sum(columns.attempts), 0),
-    ).where(columns.custom_id.in_(select(t.rows.c.custom_id).where(t.rows.c.job == job)))
-    prompt, completion, cost, attempts = connection.execute(query).one()
-    return {"prompt_tokens": int(prompt), "completion_tokens": int(completion),
-            "cost_usd": float(cost), "attempts": int(attempts)}
 
 
 def begin_upload_within(

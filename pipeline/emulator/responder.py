@@ -323,6 +323,23 @@ class Responder:
         if reasoning is not None:  # reasoning tokens are completion tokens too
             message["reasoning"] = reasoning
             completion_tokens += estimate_tokens(reasoning)
+        return self._completion(request, message, finish_reason, completion_tokens, digest,
+                                service_tier, at)
+
+    def _called(self, request: ChatRequest, function: tuple[str, Mapping[str, Any]],
+                digest: bytes, service_tier: str, at: float | None) -> dict[str, Any]:
+        """An answer that calls ``function``: content null, ``tool_calls`` with arguments
+        that fit its parameters."""
+        call = tool_call(function, _WORD.findall(request.last_user_text), digest)
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return self._completion(request, message, "tool_calls",
+                                estimate_tokens(orjson.dumps(call).decode()), digest,
+                                service_tier, at)
+
+    def _completion(self, request: ChatRequest, message: dict[str, Any], finish_reason: str,
+                    completion_tokens: int, digest: bytes, service_tier: str,
+                    at: float | None) -> dict[str, Any]:
+        """A chat completion as Groq shapes it, around one choice's ``message``."""
         model = request.model
         return {
             "id": chat_completion_id(),
@@ -338,33 +355,6 @@ class Responder:
                 }
             ],
             "usage": _usage(request.prompt_tokens, completion_tokens, digest),
-            "usage_breakdown": None,
-            "system_fingerprint": "fp_" + hashlib.blake2b(model.id.encode(), digest_size=5).hexdigest(),
-            "x_groq": {"id": new_id("req"), "seed": _seed_of(request, digest)},
-            "service_tier": "on_demand" if service_tier in ("auto", "", None) else service_tier,
-        }
-
-    def _called(self, request: ChatRequest, function: tuple[str, Mapping[str, Any]],
-                digest: bytes, service_tier: str, at: float | None) -> dict[str, Any]:
-        """An answer that calls ``function``: content null, ``tool_calls`` with arguments
-        that fit its parameters."""
-        call = tool_call(function, _WORD.findall(request.last_user_text), digest)
-        model = request.model
-        return {
-            "id": chat_completion_id(),
-            "object": "chat.completion",
-            "created": int(self._now() if at is None else at),
-            "model": model.id,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": None, "tool_calls": [call]},
-                    "logprobs": None,
-                    "finish_reason": "tool_calls",
-                }
-            ],
-            "usage": _usage(request.prompt_tokens, estimate_tokens(orjson.dumps(call).decode()),
-                            digest),
             "usage_breakdown": None,
             "system_fingerprint": "fp_" + hashlib.blake2b(model.id.encode(), digest_size=5).hexdigest(),
             "x_groq": {"id": new_id("req"), "seed": _seed_of(request, digest)},

@@ -13,7 +13,6 @@ batches, sent in as many batches as its attempts say, and nothing through flex.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 
 from jobs import load_job
 from state import Ledger
+from tests.e2e import crash
 from tests.e2e.cli import ServeProcess
 from tests.e2e.crash import Kill, _all_batches, run_crashing, run_to_completion
 
@@ -42,20 +42,10 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 
 def write_job(folder: Path, name: str, base_url: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "rows.jsonl").open("w") as out:
-        for i in range(ROWS):
-            out.write(json.dumps({"id": i, "text": f"{name}: row {i} asks for a short answer"}) + "\n")
-    config = folder / "job.toml"
-    config.write_text(
-        f'name = "{name}"\nbackend = "local"\nbase_url = "{base_url}"\n'
-        'model = "llama-3.1-8b-instant"\n'
-        '[input]\npath = "rows.jsonl"\nid_column = "id"\n'
-        '[prompt]\nuser = "{{ text }}"\nmax_completion_tokens = 16\n'
-        f'[policy]\ncompletion_window = "24h"\nmax_lines_per_shard = {SHARD_LINES}\n'
-        "poll_interval_min_s = 0.02\npoll_interval_max_s = 0.2\n"
-        '[policy.fallback]\nleftovers = "auto"\nleftovers_flex_below = 2\n'
-    )
+    """crash.py's job, its leftovers re-batched once two or more are left."""
+    config = crash.write_job(folder, name, base_url, rows=ROWS, shard_lines=SHARD_LINES)
+    with config.open("a") as out:
+        out.write('[policy.fallback]\nleftovers = "auto"\nleftovers_flex_below = 2\n')
     return config
 
 

@@ -45,12 +45,12 @@ def test_max_failed_refuses(text: str) -> None:
 
 def summary(*, finished: bool = True, failed: int = 0, retryable: int = 0,
             unsent_reason: str | None = None,
-            daily_limit: dict[str, str] | None = None) -> SimpleNamespace:
+            daily_limit: dict[str, str] | None = None, budget_held: int = 0) -> SimpleNamespace:
     return SimpleNamespace(finished=finished, requests={"succeeded": 100 - failed - retryable,
                                                         "failed": failed, "retryable": retryable},
                            left_retryable=retryable, unsent_reason=unsent_reason,
                            failures=[("model_not_found: gone", failed)] if failed else [],
-                           fallback={"daily_limit": daily_limit})
+                           fallback={"daily_limit": daily_limit}, budget_held=budget_held)
 
 
 def test_a_clean_run_passes() -> None:
@@ -71,6 +71,14 @@ def test_failures_beyond_the_tolerance_are_exit_4() -> None:
 
 def test_an_unfinished_run_is_not_judged_yet() -> None:
     check_failures(summary(finished=False, failed=50), MaxFailed())
+
+
+def test_requests_the_budget_held_back_are_unanswered_too() -> None:
+    with pytest.raises(FinishedWithFailures) as raised:
+        check_failures(summary(budget_held=40, unsent_reason="the budget is reached"),
+                       MaxFailed())
+    assert raised.value.unsent == 40
+    check_failures(summary(budget_held=40), MaxFailed.parse("40%"))
 
 
 def test_a_run_stopped_for_today_is_a_pause_not_a_failure() -> None:
